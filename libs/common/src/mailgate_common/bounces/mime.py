@@ -1,0 +1,149 @@
+"""Turning raw bytes into a message and pulling out the pieces bounce parsers look at.
+
+Everything here is tolerant by design: bounces are produced by every MTA ever
+written, many of them old and careless about MIME, so we never raise on bad input.
+"""
+
+from __future__ import annotations
+
+import email
+import email.header
+import email.parser
+import email.policy
+import html
+import re
+from dataclasses import dataclass, field
+from email.message import Message
+
+_MBOX_FROM = re.compile(rb"\AFrom [^\n]*\n")
+_TAG = re.compile(r"<[^>]+>")
+_ORIGINAL_TYPES = frozenset({"message/rfc822", "text/rfc822-headers", "message/global",
+                             "message/global-headers", "message/rfc822-headers"})
+REPORT_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status",
+                          "text/delivery-status"})
+
+
+def normalise_newlines(raw: bytes) -> bytes:
+    """CRLF and bare CR (classic Mac OS) become LF so one set of regexes fits all."""
+    if b"\r" in raw:
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    # An mbox "From " separator line is not a header and would end the header block.
+    return _MBOX_FROM.sub(b"", raw.lstrip(b"\n"), count=1)
+
+
+def load(raw: bytes) -> Message:
+    # compat32 never raises on malformed headers, which the modern policy sometimes does.
+    return email.message_from_bytes(normalise_newlines(raw), policy=email.policy.compat32)
+
+
+def header_text(msg: Message, name: str) -> str:
+    """Decoded, unfolded header value ('' when absent)."""
+    value = msg.get(name)
+    if value is None:
+        return ""
+    try:
+        parts = email.header.decode_header(str(value))
+        text = "".join(
+            p.decode(cs or "utf-8", "replace") if isinstance(p, bytes) else p
+            for p, cs in parts
+        )
+    except (LookupError, ValueError, TypeError):
+        text = str(value)
+    return " ".join(text.split())
+
+
+def part_text(part: Message) -> str:
+    """The decoded text of a leaf part, whatever its declared charset."""
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        raw = part.get_payload()
+        return raw if isinstance(raw, str) else ""
+    charset = part.get_content_charset() or "utf-8"
+    if charset.lower() in ("us-ascii", "ascii"):
+        # Lots of MTAs send 8-bit text labelled us-ascii; utf-8 is the better guess.
+        charset = "utf-8"
+    try:
+        text = payload.decode(charset, "replace")
+    except LookupError:
+        text = payload.decode("utf-8", "replace")
+    if part.get_content_type() == "text/html":
+        text = html_to_text(text)
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def html_to_text(text: str) -> str:
+    text = re.sub(r"(?is)<(script|style)\b.*?</\1>", " ", text)
+    text = re.sub(r"(?i)<br\s*/?>|</(p|div|tr|li|h\d)>", "\n", text)
+    return html.unescape(_TAG.sub(" ", text))
+
+
+@dataclass
+class Parts:
+    """The parts of a bounce sorted by the role they play."""
+
+    notice: list[str] = field(default_factory=list)  # human-readable text of the bounce
+    reports: list[Message] = field(default_factory=list)  # delivery-status parts
+    feedback: list[Message] = field(default_factory=list)  # ARF feedback-report parts
+    originals: list[Message] = field(default_factory=list)  # headers of returned messages
+    types: list[str] = field(default_factory=list)
+
+
+def split_parts(msg: Message) -> Parts:
+    """Walk the MIME tree once, never descending into returned original messages."""
+    out = Parts()
+    _walk(msg, out, top=True)
+    return out
+
+
+def _walk(part: Message, out: Parts, *, top: bool) -> None:
+    ctype = part.get_content_type()
+    out.types.append(ctype)
+    if ctype in REPORT_TYPES:
+        out.reports.append(part)
+        return
+    if ctype == "message/feedback-report":
+        out.feedback.append(part)
+        return
+    if ctype in _ORIGINAL_TYPES:
+        headers = original_headers(part)
+        if headers is not None:
+            out.originals.append(headers)
+        return
+    if part.is_multipart():
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            for sub in payload:
+                if isinstance(sub, Message):
+                    _walk(sub, out, top=False)
+        return
+    if ctype.startswith("text/") or (top and part.get_content_maintype() != "image"):
+        disposition = (part.get("Content-Disposition") or "").lower()
+        text = part_text(part)
+        if "attachment" in disposition and _looks_like_message(text):
+            # A returned message attached as text/plain rather than message/rfc822.
+            out.originals.append(parse_headers(text))
+            return
+        out.notice.append(text)
+
+
+_HEADER_LINE = re.compile(r"^[A-Za-z][\w-]*:[ \t]", re.M)
+
+
+def _looks_like_message(text: str) -> bool:
+    head = text.lstrip()[:2000]
+    return bool(re.match(r"(?i)(return-path|received|from|message-id|date|subject|to):", head)) \
+        and len(_HEADER_LINE.findall(head)) >= 3
+
+
+def original_headers(part: Message) -> Message | None:
+    """Headers of a returned original message, from any of the container types."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        first = payload[0] if payload else None
+        return first if isinstance(first, Message) else None
+    text = part_text(part)
+    return parse_headers(text) if text.strip() else None
+
+
+def parse_headers(text: str) -> Message:
+    return email.parser.HeaderParser(policy=email.policy.compat32).parsestr(text.lstrip())

@@ -1,0 +1,197 @@
+"""A small event bus over aio-pika.
+
+Publishing waits for the broker's confirm and marks messages persistent, so a
+returned ``publish`` means the event survives a broker restart.  Consuming
+acks only after the handler returned, i.e. after its work was committed.  A
+handler that raises is retried through the delay queues of
+:mod:`mailgate_common.topology`; after the last delay, or at once for bodies
+that do not decode, the message goes to the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import aio_pika
+import msgspec
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+from prometheus_client import Counter
+
+from mailgate_common import events, topology
+from mailgate_common.telemetry import current_traceparent
+
+log = logging.getLogger(__name__)
+
+RETRIES_HEADER = "x-mailgate-retries"
+ERROR_HEADER = "x-mailgate-error"
+
+Handler = Callable[[events.AnyEvent], Awaitable[None]]
+
+EVENTS_PUBLISHED = Counter(
+    "mailgate_events_published_total", "Events confirmed by the broker", ["routing_key"]
+)
+EVENTS_CONSUMED = Counter(
+    "mailgate_events_consumed_total", "Events handled, by outcome", ["queue", "outcome"]
+)
+DEAD_LETTERED = Counter(
+    "mailgate_events_dead_lettered_total", "Events moved to a dead-letter queue", ["queue"]
+)
+
+
+class Bus:
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def connect(self) -> None:
+        self._connection = await aio_pika.connect_robust(self._url)
+        self._publish_channel = await self._connection.channel(publisher_confirms=True)
+        self._exchange = await topology.declare(self._publish_channel)
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    async def publish(self, event: events.Event) -> None:
+        assert self._exchange is not None, "Bus.connect() first"
+        traceparent = event.traceparent or current_traceparent()
+        headers: dict[str, aio_pika.abc.FieldValue] = {}
+        if traceparent:
+            headers["traceparent"] = traceparent
+        message = aio_pika.Message(
+            events.encode(event),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=event.id,
+            type=event.routing_key,
+            headers=headers,
+        )
+        await self._exchange.publish(message, routing_key=event.routing_key)
+        EVENTS_PUBLISHED.labels(event.routing_key).inc()
+
+    async def consume(
+        self, queue: topology.ServiceQueue, handler: Handler, prefetch: int
+    ) -> None:
+        """Start handling ``queue``; returns once the consumer is registered."""
+        assert self._connection is not None, "Bus.connect() first"
+        channel = await self._connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=prefetch)
+        exchange = await topology.declare(channel)
+        amqp_queue = await channel.get_queue(queue.name)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._in_flight.add(task)
+            self._idle.clear()
+            try:
+                await self._handle(queue, exchange, message, handler)
+            finally:
+                self._in_flight.discard(task)
+                if not self._in_flight:
+                    self._idle.set()
+
+        tag = await amqp_queue.consume(on_message)
+        self._consumers.append((amqp_queue, tag))
+
+    async def _handle(
+        self,
+        queue: topology.ServiceQueue,
+        exchange: AbstractExchange,
+        message: AbstractIncomingMessage,
+        handler: Handler,
+    ) -> None:
+        try:
+            event = events.decode(message.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("undecodable message on %s: %s", queue.name, exc)
+            await self._dead_letter(queue, message, f"undecodable: {exc}")
+            return
+        try:
+            await handler(event)
+        except asyncio.CancelledError:
+            # Shutting down mid-handler: hand the message back untouched.
+            await message.nack(requeue=True)
+            raise
+        except Exception as exc:
+            await self._retry_or_dead_letter(queue, message, exc)
+            return
+        await message.ack()
+        EVENTS_CONSUMED.labels(queue.name, "ok").inc()
+
+    async def _retry_or_dead_letter(
+        self,
+        queue: topology.ServiceQueue,
+        message: AbstractIncomingMessage,
+        exc: Exception,
+    ) -> None:
+        retries = int(str((message.headers or {}).get(RETRIES_HEADER, 0) or 0)) + 1
+        delay = topology.retry_delay(retries)
+        if delay is None:
+            log.error("giving up on %s after %d retries: %r", message.type, retries - 1, exc)
+            await self._dead_letter(queue, message, repr(exc))
+            return
+        log.warning("retrying %s in %ss (try %d): %r", message.type, delay, retries, exc)
+        await self._republish(message, queue.retry_queue(delay), {RETRIES_HEADER: retries})
+        await message.ack()
+        EVENTS_CONSUMED.labels(queue.name, "retried").inc()
+
+    async def _dead_letter(
+        self, queue: topology.ServiceQueue, message: AbstractIncomingMessage, reason: str
+    ) -> None:
+        await self._republish(message, queue.dead_letter_queue, {ERROR_HEADER: reason[:1000]})
+        await message.ack()
+        DEAD_LETTERED.labels(queue.name).inc()
+        EVENTS_CONSUMED.labels(queue.name, "dead_lettered").inc()
+
+    async def _republish(
+        self,
+        message: AbstractIncomingMessage,
+        queue_name: str,
+        extra_headers: dict[str, aio_pika.abc.FieldValue],
+    ) -> None:
+        assert self._publish_channel is not None
+        headers = dict(message.headers or {})
+        headers.update(extra_headers)
+        copy = aio_pika.Message(
+            message.body,
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            type=message.type,
+            headers=headers,
+        )
+        # The default exchange routes by queue name.
+        await self._publish_channel.default_exchange.publish(copy, routing_key=queue_name)
+
+    async def stop_consuming(self, grace: float = 20.0) -> None:
+        """Stop taking new messages and let in-flight handlers finish (or hand back)."""
+        for amqp_queue, tag in self._consumers:
+            try:
+                await amqp_queue.cancel(tag)
+            except Exception as exc:  # a closed channel already stopped delivering
+                log.debug("cancel %s: %r", tag, exc)
+        self._consumers.clear()
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            for task in list(self._in_flight):
+                task.cancel()
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None

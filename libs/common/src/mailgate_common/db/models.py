@@ -1,0 +1,178 @@
+"""The schema.  Migrations in ``mailgate_common/migrations`` create exactly this."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from mailgate_common.lifecycle import OUTBOX_STATES, WEBHOOK_STATES
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {
+        datetime: DateTime(timezone=True),
+        dict[str, Any]: JSONB,
+        str: Text,
+        bytes: LargeBinary,
+    }
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    name: Mapped[str | None]
+    email: Mapped[str | None]
+    state: Mapped[str] = mapped_column(server_default="new")
+    # Connection settings without passwords; None for imap means send-only.
+    imap: Mapped[dict[str, Any] | None]
+    smtp: Mapped[dict[str, Any] | None]
+    # AES-GCM sealed JSON of every password/token of this account.
+    credentials: Mapped[bytes | None]
+    copy: Mapped[bool | None] = mapped_column(Boolean)
+    webhooks: Mapped[str | None]
+    extra: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    last_error: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class Setting(Base):
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(primary_key=True)
+    value: Mapped[Any] = mapped_column(JSONB)
+
+
+class OutboxMessage(Base):
+    __tablename__ = "outbox"
+    __table_args__ = (
+        CheckConstraint(_in("state", OUTBOX_STATES), name="outbox_state_valid"),
+        UniqueConstraint("account_id", "idempotency_key", name="outbox_idempotency"),
+        Index(
+            "outbox_due",
+            "next_attempt_at",
+            postgresql_where=text("state IN ('queued', 'deferred')"),
+        ),
+        Index("outbox_claim_expiry", "claimed_until", postgresql_where=text("state = 'sending'")),
+        Index("outbox_account_created", "account_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(server_default="api")
+    message_id: Mapped[str]
+    envelope_from: Mapped[str]
+    envelope_to: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    subject: Mapped[str | None]
+    raw: Mapped[bytes]
+    state: Mapped[str] = mapped_column(server_default="queued")
+    send_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+    claimed_until: Mapped[datetime | None]
+    attempts_made: Mapped[int] = mapped_column(Integer, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str | None]
+    request_hash: Mapped[str | None]
+    reference: Mapped[dict[str, Any] | None]
+    copy: Mapped[bool | None] = mapped_column(Boolean)
+    last_error: Mapped[str | None]
+    smtp_response: Mapped[str | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+    finished_at: Mapped[datetime | None]
+
+
+class DeliveryAttempt(Base):
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (Index("delivery_attempts_queue", "queue_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    queue_id: Mapped[str] = mapped_column(ForeignKey("outbox.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str]  # sent | deferred | failed
+    server: Mapped[str | None]
+    smtp_code: Mapped[int | None] = mapped_column(Integer)
+    smtp_status: Mapped[str | None]
+    response: Mapped[str | None]
+    error: Mapped[str | None]
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class PendingEvent(Base):
+    """Transactional outbox for events: written with the state change, published after."""
+
+    __tablename__ = "pending_events"
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    routing_key: Mapped[str]
+    body: Mapped[bytes]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class WebhookDelivery(Base):
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(_in("state", WEBHOOK_STATES), name="webhook_state_valid"),
+        UniqueConstraint("event_id", "url", name="webhook_delivery_once"),
+        Index(
+            "webhook_due",
+            "next_attempt_at",
+            postgresql_where=text("state IN ('pending', 'retrying')"),
+        ),
+        Index("webhook_created", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    event_id: Mapped[str]
+    event: Mapped[str]
+    account_id: Mapped[str | None]
+    queue_id: Mapped[str | None]
+    url: Mapped[str]
+    payload: Mapped[bytes]
+    state: Mapped[str] = mapped_column(server_default="pending")
+    attempts_made: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    claimed_until: Mapped[datetime | None]
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    delivered_at: Mapped[datetime | None]
+
+
+class WebhookAttempt(Base):
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("webhook_attempts_delivery", "delivery_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE")
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None]
+    response_excerpt: Mapped[str | None]
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]

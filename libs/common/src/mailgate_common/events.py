@@ -1,0 +1,220 @@
+"""Every event that crosses a service boundary, in one place.
+
+An event is a msgspec Struct whose tag is its RabbitMQ routing key, so the
+wire name, the routing and the type can never disagree.  Events carry ids and
+small facts; raw MIME stays in PostgreSQL and travels by queue id.
+
+Adding a field with a default is backwards compatible.  Anything else bumps
+``SCHEMA_VERSION`` and consumers must accept both versions during a rollout.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime | None) -> str | None:
+    """ISO 8601 in UTC with millisecond precision, as EmailEngine prints dates."""
+    if dt is None:
+        return None
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Envelope(msgspec.Struct, frozen=True):
+    from_: str = msgspec.field(name="from", default="")
+    to: list[str] = msgspec.field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"from": self.from_, "to": list(self.to)}
+
+
+class Event(msgspec.Struct, kw_only=True, frozen=True, tag_field="type"):
+    v: int = SCHEMA_VERSION
+    id: str = msgspec.field(default_factory=new_event_id)
+    occurred_at: datetime = msgspec.field(default_factory=utcnow)
+    account: str | None = None
+    # W3C trace context of the operation that caused the event.
+    traceparent: str | None = None
+
+    # EmailEngine webhook event name, or None when subscribers never see it.
+    webhook_event: ClassVar[str | None] = None
+
+    @property
+    def routing_key(self) -> str:
+        tag = type(self).__struct_config__.tag
+        assert isinstance(tag, str)
+        return tag
+
+    def webhook_name(self) -> str | None:
+        return self.webhook_event
+
+    def webhook_data(self) -> dict[str, Any]:
+        return {}
+
+
+# --- submissions and accounts (api, smtp-ingress) ---------------------------
+
+
+class SubmissionQueued(Event, kw_only=True, frozen=True, tag="submission.queued"):
+    queue_id: str
+    message_id: str
+    send_at: datetime
+
+
+class AccountChanged(Event, kw_only=True, frozen=True, tag="account.changed"):
+    change: Literal["added", "updated", "deleted"]
+
+    def webhook_name(self) -> str | None:
+        return {"added": "accountAdded", "deleted": "accountDeleted"}.get(self.change)
+
+    def webhook_data(self) -> dict[str, Any]:
+        return {"account": self.account}
+
+
+# --- delivery outcomes (sender) ---------------------------------------------
+
+
+class MessageSent(Event, kw_only=True, frozen=True, tag="message.sent"):
+    webhook_event: ClassVar[str | None] = "messageSent"
+    queue_id: str
+    message_id: str
+    response: str
+    envelope: Envelope
+
+    def webhook_data(self) -> dict[str, Any]:
+        return {
+            "messageId": self.message_id,
+            "response": self.response,
+            "queueId": self.queue_id,
+            "envelope": self.envelope.as_dict(),
+        }
+
+
+class MessageDeliveryError(Event, kw_only=True, frozen=True, tag="message.delivery_error"):
+    webhook_event: ClassVar[str | None] = "messageDeliveryError"
+    queue_id: str
+    message_id: str
+    envelope: Envelope
+    error: str
+    error_code: str | None = None
+    smtp_response: str | None = None
+    smtp_response_code: int | None = None
+    smtp_command: str | None = None
+    attempts_made: int
+    attempts: int
+    # None once no further attempt will be made.
+    next_attempt: datetime | None = None
+
+    def webhook_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "queueId": self.queue_id,
+            "messageId": self.message_id,
+            "envelope": self.envelope.as_dict(),
+            "error": self.error,
+            "job": {
+                "attemptsMade": self.attempts_made,
+                "attempts": self.attempts,
+                "nextAttempt": iso(self.next_attempt) if self.next_attempt else False,
+            },
+        }
+        for key, value in (
+            ("errorCode", self.error_code),
+            ("smtpResponse", self.smtp_response),
+            ("smtpResponseCode", self.smtp_response_code),
+            ("smtpCommand", self.smtp_command),
+        ):
+            if value is not None:
+                data[key] = value
+        return data
+
+
+class MessageFailed(Event, kw_only=True, frozen=True, tag="message.failed"):
+    webhook_event: ClassVar[str | None] = "messageFailed"
+    queue_id: str
+    message_id: str
+    error: str
+    envelope: Envelope | None = None
+
+    def webhook_data(self) -> dict[str, Any]:
+        return {"messageId": self.message_id, "queueId": self.queue_id, "error": self.error}
+
+
+# --- mailbox commands (sender -> imap-sync) ---------------------------------
+
+
+class ImapAppendSent(Event, kw_only=True, frozen=True, tag="imap.append_sent"):
+    """Copy a sent message (by queue id) into the account's Sent folder."""
+
+    queue_id: str
+
+
+class ImapSetFlags(Event, kw_only=True, frozen=True, tag="imap.set_flags"):
+    """Flag the message a reply or forward referenced."""
+
+    message: str
+    add: list[str] = msgspec.field(default_factory=list)
+    remove: list[str] = msgspec.field(default_factory=list)
+
+
+AnyEvent = (
+    SubmissionQueued
+    | AccountChanged
+    | MessageSent
+    | MessageDeliveryError
+    | MessageFailed
+    | ImapAppendSent
+    | ImapSetFlags
+)
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(body: bytes) -> AnyEvent:
+    """Decode any known event; raises msgspec.DecodeError / ValidationError on junk."""
+    return _decoder.decode(body)
+
+
+ALL_EVENT_TYPES: tuple[type[Event], ...] = (
+    SubmissionQueued,
+    AccountChanged,
+    MessageSent,
+    MessageDeliveryError,
+    MessageFailed,
+    ImapAppendSent,
+    ImapSetFlags,
+)
+
+# EmailEngine webhook names subscribers may filter on (settings.webhookEvents).
+WEBHOOK_EVENT_NAMES: tuple[str, ...] = (
+    "messageNew",
+    "messageDeleted",
+    "messageUpdated",
+    "messageSent",
+    "messageDeliveryError",
+    "messageFailed",
+    "messageBounce",
+    "messageComplaint",
+    "accountAdded",
+    "accountDeleted",
+    "authenticationError",
+    "connectError",
+)

@@ -1,0 +1,58 @@
+"""Message lifecycle as data: the states and the only moves between them.
+
+    queued ──claim──► sending ──sent──► sent
+      │                 │  └───fail──► failed
+      │                 └─defer──► deferred ──claim──► sending …
+      └──cancel──► cancelled ◄──cancel── deferred
+
+A transition is applied as a guarded UPDATE (``WHERE state IN from_states``),
+so a redelivered event or a second replica can never move a message backwards
+or send a message that already reached ``sent``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+QUEUED = "queued"
+SENDING = "sending"
+SENT = "sent"
+DEFERRED = "deferred"
+FAILED = "failed"
+CANCELLED = "cancelled"
+
+OUTBOX_STATES: tuple[str, ...] = (QUEUED, SENDING, SENT, DEFERRED, FAILED, CANCELLED)
+FINAL_STATES = frozenset({SENT, FAILED, CANCELLED})
+
+
+@dataclass(frozen=True)
+class Transition:
+    name: str
+    from_states: tuple[str, ...]
+    to_state: str
+
+
+CLAIM = Transition("claim", (QUEUED, DEFERRED), SENDING)
+MARK_SENT = Transition("sent", (SENDING,), SENT)
+DEFER = Transition("defer", (SENDING,), DEFERRED)
+FAIL = Transition("fail", (SENDING,), FAILED)
+CANCEL = Transition("cancel", (QUEUED, DEFERRED), CANCELLED)
+
+TRANSITIONS: tuple[Transition, ...] = (CLAIM, MARK_SENT, DEFER, FAIL, CANCEL)
+
+
+def can(transition: Transition, state: str) -> bool:
+    return state in transition.from_states
+
+
+# Webhook deliveries: pending → delivered | retrying → … → delivered | failed.
+WEBHOOK_PENDING = "pending"
+WEBHOOK_RETRYING = "retrying"
+WEBHOOK_DELIVERED = "delivered"
+WEBHOOK_FAILED = "failed"
+WEBHOOK_STATES: tuple[str, ...] = (
+    WEBHOOK_PENDING,
+    WEBHOOK_RETRYING,
+    WEBHOOK_DELIVERED,
+    WEBHOOK_FAILED,
+)

@@ -1,0 +1,104 @@
+"""Process settings, read once from ``MAILGATE_*`` environment variables.
+
+Every service reads the same Settings so an operator configures one
+ConfigMap; each service simply ignores the fields it does not use.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+import msgspec
+
+PREFIX = "MAILGATE_"
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/mailgate"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # Key material for credentials at rest; the default is for local development only.
+    secret: str = "mailgate-development-secret-change-me"
+    admin_token: str | None = None
+
+    api_host: str = "127.0.0.1"
+    api_port: Port = 3000
+    # Public base URL used in webhook bodies (EmailEngine's serviceUrl).
+    service_url: str | None = None
+    smtp_host: str = "127.0.0.1"
+    smtp_port: Port = 2525
+    # Each non-HTTP service serves /health/live, /health/ready and /metrics here;
+    # 0 means "the service's own default port".
+    health_host: str = "127.0.0.1"
+    health_port: Port = 0
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    # Sender
+    sender_concurrency: PositiveInt = 32
+    sender_poll_interval: PositiveFloat = 0.5
+    # How long a claimed message may stay "sending" before another sender
+    # assumes the claimant died and takes it over.
+    sender_claim_timeout: PositiveFloat = 120.0
+    smtp_timeout: PositiveFloat = 30.0
+    delivery_attempts: PositiveInt = 10
+    # First retry delay in seconds; later ones double (with jitter) up to retry_max.
+    delivery_retry_base: PositiveFloat = 15.0
+    delivery_retry_max: PositiveFloat = 3600.0
+
+    # Webhooks
+    webhook_timeout: PositiveFloat = 10.0
+    webhook_concurrency: PositiveInt = 32
+    webhook_poll_interval: PositiveFloat = 0.5
+    webhook_retry_base: PositiveFloat = 5.0
+    webhook_retry_max: PositiveFloat = 3600.0
+    webhook_attempts: PositiveInt = 40
+    webhooks_allow_private: bool = False
+
+    # Bus
+    bus_prefetch: PositiveInt = 32
+    bus_max_retries: PositiveInt = 5
+
+    # Submissions
+    max_message_size: PositiveInt = 25 * 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """Raised when the environment holds a value the services cannot start with."""
+
+
+def _env_name(field: str) -> str:
+    return PREFIX + field.upper()
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from the environment, naming the variable on any bad value."""
+    env = os.environ if environ is None else environ
+    known = {f: _env_name(f) for f in Settings.__struct_fields__}
+    raw: dict[str, str] = {}
+    for field, name in known.items():
+        if name in env and env[name] != "":
+            raw[field] = env[name]
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        found = re.search(r"\$\.(\w+)", message)
+        field = found.group(1) if found else ""
+        name = known.get(field, "a MAILGATE_* variable")
+        value = raw.get(field, "")
+        raise SettingsError(f"invalid {name}={value!r}: {message.split(' - at ')[0]}") from exc
+
+
+def load_settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise SystemExit(f"mailgate: configuration error: {exc}") from None
