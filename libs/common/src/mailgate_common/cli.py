@@ -1,2 +1,22 @@
+"""The ``mailgate`` operator command."""
+
+from __future__ import annotations
+
+import click
+
+from mailgate_common.settings import load_settings_or_exit
+
+
+@click.group()
 def main() -> None:
-    raise SystemExit("not implemented yet")
+    """mailgate administration."""
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (safe to run concurrently)."""
+    from mailgate_common.db.migrate import upgrade
+
+    settings = load_settings_or_exit()
+    upgrade(settings.database_url)
+    click.echo("database schema is up to date")

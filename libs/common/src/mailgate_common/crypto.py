@@ -60,3 +60,20 @@ class Sealer:
 
     def needs_reseal(self, sealed: bytes) -> bool:
         return bytes(sealed).split(b":", 2)[1] != _key_id(self._key)
+
+
+def split_secret(connection: dict[str, Any] | None) -> tuple[dict[str, Any] | None, str | None]:
+    """Take ``auth.pass`` (or ``auth.accessToken``) out of an IMAP/SMTP settings dict."""
+    if connection is None:
+        return None, None
+    public = json.loads(json.dumps(connection))
+    auth = public.get("auth") or {}
+    secret = auth.pop("pass", None) or auth.pop("accessToken", None)
+    return public, secret
+
+
+def with_secret(connection: dict[str, Any], secret: str | None) -> dict[str, Any]:
+    merged = json.loads(json.dumps(connection))
+    if secret is not None:
+        merged.setdefault("auth", {})["pass"] = secret
+    return merged

@@ -1,2 +1,25 @@
+"""mailgate-api: the REST door."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from mailgate_common.settings import load_settings_or_exit
+from mailgate_common.telemetry import setup_logging, setup_tracing
+from mailgate_api.app import create_app
+
+
 def main() -> None:
-    raise SystemExit("not implemented yet")
+    settings = load_settings_or_exit()
+    setup_logging(settings, "api")
+    setup_tracing("api")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=20,
+    )

@@ -116,7 +116,8 @@ def _walk(part: Message, out: Parts, *, top: bool) -> None:
                 if isinstance(sub, Message):
                     _walk(sub, out, top=False)
         return
-    if ctype.startswith("text/") or (top and part.get_content_maintype() != "image"):
+    if ctype.startswith(("text/", "multipart/")) or (
+            top and part.get_content_maintype() not in ("image", "audio", "video")):
         disposition = (part.get("Content-Disposition") or "").lower()
         text = part_text(part)
         if "attachment" in disposition and _looks_like_message(text):

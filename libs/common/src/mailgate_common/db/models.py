@@ -91,6 +91,8 @@ class OutboxMessage(Base):
     send_at: Mapped[datetime]
     next_attempt_at: Mapped[datetime]
     claimed_until: Mapped[datetime | None]
+    # Who holds the "sending" claim; a sender only finishes what it still holds.
+    claim_token: Mapped[str | None]
     attempts_made: Mapped[int] = mapped_column(Integer, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer)
     idempotency_key: Mapped[str | None]
@@ -156,6 +158,7 @@ class WebhookDelivery(Base):
     attempts_made: Mapped[int] = mapped_column(Integer, server_default="0")
     next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())
     claimed_until: Mapped[datetime | None]
+    claim_token: Mapped[str | None]
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())

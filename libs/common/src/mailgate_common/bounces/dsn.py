@@ -1,0 +1,122 @@
+"""RFC 3464 delivery status notifications (message/delivery-status and look-alikes)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from email.message import Message
+
+from .mime import part_text
+
+_FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)[ \t]*:[ \t]*(.*)$")
+_RECIPIENT_FIELDS = frozenset({"final-recipient", "original-recipient", "x-actual-recipient"})
+_DSN_FIELDS = frozenset({
+    "reporting-mta", "received-from-mta", "arrival-date", "original-envelope-id", "dsn-gateway",
+    "x-postfix-queue-id", "x-postfix-sender", "final-recipient", "original-recipient", "action",
+    "status", "remote-mta", "diagnostic-code", "last-attempt-date", "will-retry-until",
+    "final-log-id", "x-actual-recipient", "x-supplementary-info", "x-display-name",
+})
+_ADDR = re.compile(r"[^\s<>()\[\]\"',;:]+@[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+
+
+@dataclass
+class DsnRecipient:
+    address: str = ""
+    original: str = ""
+    action: str = ""
+    status: str = ""
+    diagnostic: str = ""
+    diagnostic_type: str = ""
+    remote_mta: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Dsn:
+    reporting_mta: str = ""
+    recipients: list[DsnRecipient] = field(default_factory=list)
+
+
+def fields_of_part(part: Message) -> list[tuple[str, str]]:
+    """Fields of a delivery-status part in order, whether or not the MIME parser split it."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        pairs: list[tuple[str, str]] = []
+        for block in payload:
+            if isinstance(block, Message):
+                pairs.extend((k, " ".join(str(v).split())) for k, v in block.items())
+                # A block's "body" holds fields after a malformed line; keep reading them.
+                body = block.get_payload()
+                if isinstance(body, str) and body.strip():
+                    pairs.extend(fields_of_text(body))
+        return pairs
+    return fields_of_text(part_text(part))
+
+
+def fields_of_text(text: str) -> list[tuple[str, str]]:
+    """DSN fields embedded in plain text (unfolds continuation lines)."""
+    pairs: list[tuple[str, str]] = []
+    for line in text.split("\n"):
+        if line[:1] in (" ", "\t") and pairs:
+            name, value = pairs[-1]
+            if name.lower() in _DSN_FIELDS and line.strip():
+                pairs[-1] = (name, f"{value} {line.strip()}")
+            continue
+        m = _FIELD.match(line.strip())
+        if m and m.group(1).lower() in _DSN_FIELDS:
+            pairs.append((m.group(1), m.group(2).strip()))
+    return pairs
+
+
+def _typed_value(value: str) -> tuple[str, str]:
+    """'rfc822; a@b' -> ('rfc822', 'a@b'); values without a type keep an empty type."""
+    kind, sep, rest = value.partition(";")
+    if sep and re.fullmatch(r"\s*[A-Za-z0-9-]+\s*", kind):
+        return kind.strip(), rest.strip()
+    return "", value.strip()
+
+
+def address_in(value: str) -> str:
+    m = _ADDR.search(value)
+    return m.group(0).strip(".") if m else ""
+
+
+def build(pairs: list[tuple[str, str]]) -> Dsn:
+    dsn = Dsn()
+    current: DsnRecipient | None = None
+    for raw_name, value in pairs:
+        name = raw_name.lower()
+        if name in _RECIPIENT_FIELDS:
+            if current is None or name in current.fields or (
+                name == "original-recipient" and "final-recipient" in current.fields
+                and "action" in current.fields
+            ):
+                current = DsnRecipient()
+                dsn.recipients.append(current)
+        if current is None:
+            if name == "reporting-mta":
+                dsn.reporting_mta = _typed_value(value)[1]
+            continue
+        if name in current.fields and name not in _RECIPIENT_FIELDS:
+            continue  # duplicated fields: keep the first, like most readers do
+        current.fields[name] = value
+        if name == "final-recipient":
+            current.address = address_in(_typed_value(value)[1])
+        elif name in ("original-recipient", "x-actual-recipient") and not current.original:
+            current.original = address_in(_typed_value(value)[1])
+        elif name == "action":
+            current.action = value.split()[0].lower().rstrip(";,") if value.split() else ""
+        elif name == "status":
+            current.status = value
+        elif name == "diagnostic-code":
+            current.diagnostic_type, current.diagnostic = _typed_value(value)
+            current.diagnostic_type = current.diagnostic_type.upper()
+        elif name == "remote-mta":
+            current.remote_mta = _typed_value(value)[1]
+        elif name == "reporting-mta" and not dsn.reporting_mta:
+            dsn.reporting_mta = _typed_value(value)[1]
+    for r in dsn.recipients:
+        if not r.address:
+            r.address = r.original
+    dsn.recipients = [r for r in dsn.recipients if r.address]
+    return dsn

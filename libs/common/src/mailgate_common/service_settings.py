@@ -1,0 +1,58 @@
+"""Runtime settings stored in PostgreSQL (EmailEngine's ``/v1/settings``).
+
+The API writes them, other services read them; the names and defaults live
+here so both agree.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailgate_common.db.models import Setting
+
+DEFAULTS: dict[str, Any] = {
+    "webhooks": None,  # global webhook URL
+    "webhooksEnabled": True,
+    "webhookEvents": ["*"],  # EmailEngine names, or "*" for all
+    "serviceUrl": None,
+    "serviceSecret": None,  # generated on first use, see service_secret()
+}
+
+
+async def read(session: AsyncSession, keys: list[str] | None = None) -> dict[str, Any]:
+    wanted = keys or list(DEFAULTS)
+    rows = await session.execute(select(Setting.key, Setting.value).where(Setting.key.in_(wanted)))
+    values = {k: DEFAULTS.get(k) for k in wanted}
+    values.update({key: value for key, value in rows.tuples()})
+    return values
+
+
+async def write(session: AsyncSession, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        stmt = insert(Setting).values(key=key, value=value)
+        await session.execute(
+            stmt.on_conflict_do_update(index_elements=[Setting.key], set_={"value": value})
+        )
+
+
+def new_service_secret() -> str:
+    # Standard Webhooks' "whsec_" form; EmailEngine clients use the whole string as HMAC key.
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+async def service_secret(session: AsyncSession) -> str:
+    """The webhook signing secret, created once (first writer wins across replicas)."""
+    await session.execute(
+        insert(Setting)
+        .values(key="serviceSecret", value=new_service_secret())
+        .on_conflict_do_nothing(index_elements=[Setting.key])
+    )
+    value = await session.scalar(select(Setting.value).where(Setting.key == "serviceSecret"))
+    assert isinstance(value, str)
+    return value

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from litestar import Controller, delete, get, post, put
+from litestar.params import Parameter
+
+from mailgate_common import events
+from mailgate_common.db.models import Account
+from mailgate_common.event_relay import stage
+from mailgate_api.accounts import service
+from mailgate_api.accounts.schemas import (
+    AccountCreate,
+    AccountCreated,
+    AccountDeleted,
+    AccountList,
+    AccountRef,
+    AccountUpdate,
+    AccountView,
+)
+from mailgate_api.deps import Resources
+from mailgate_api.errors import ApiError
+from mailgate_api.pagination import Page, PageSize, pages
+
+
+class AccountController(Controller):
+    tags = ["Account"]
+
+    @post("/v1/account", status_code=200, summary="Register an account (updates an existing one)")
+    async def create(self, data: AccountCreate, res: Resources) -> AccountCreated:
+        account_id = data.account or service.new_account_id()
+        async with res.db.transaction() as session:
+            account = await session.get(Account, account_id, with_for_update=True)
+            existed = account is not None
+            if account is None:
+                if data.smtp is None and data.imap in (None, False):
+                    raise ApiError(422, "an account needs smtp or imap settings", "smtp")
+                account = Account(id=account_id, state="new" if data.imap else "connected")
+                session.add(account)
+            service.apply(account, data, res.sealer)
+            change = events.AccountChanged(account=account_id, change="updated" if existed else "added")
+            stage(session, change)
+        await res.relay.publish_committed([change])
+        return AccountCreated(account=account_id, state="existing" if existed else "new")
+
+    @get("/v1/accounts", summary="List accounts")
+    async def list(
+        self,
+        res: Resources,
+        page: Page = 0,
+        page_size: PageSize = 20,
+        state_filter: str | None = Parameter(query="state", default=None),
+    ) -> AccountList:
+        async with res.db.sessions() as session:
+            rows, total = await service.list_accounts(session, page, page_size, state_filter)
+        return AccountList(
+            accounts=[service.view(a) for a in rows],
+            total=total,
+            page=page,
+            pages=pages(total, page_size),
+        )
+
+    @get("/v1/account/{account:str}", summary="Account details (never passwords)")
+    async def get(self, account: str, res: Resources) -> AccountView:
+        async with res.db.sessions() as session:
+            return service.view(await service.get_account(session, account))
+
+    @put("/v1/account/{account:str}", summary="Update account settings")
+    async def update(self, account: str, data: AccountUpdate, res: Resources) -> AccountRef:
+        async with res.db.transaction() as session:
+            row = await service.get_account(session, account)
+            service.apply(row, data, res.sealer)
+            change = events.AccountChanged(account=account, change="updated")
+            stage(session, change)
+        await res.relay.publish_committed([change])
+        return AccountRef(account=account)
+
+    @delete("/v1/account/{account:str}", status_code=200, summary="Delete an account and its queue")
+    async def remove(self, account: str, res: Resources) -> AccountDeleted:
+        async with res.db.transaction() as session:
+            row = await service.get_account(session, account)
+            await session.delete(row)
+            change = events.AccountChanged(account=account, change="deleted")
+            stage(session, change)
+        await res.relay.publish_committed([change])
+        return AccountDeleted(account=account, deleted=True)

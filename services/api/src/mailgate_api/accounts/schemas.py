@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[\w.@+-]+$")]
+
+
+class Auth(msgspec.Struct, kw_only=True, rename="camel"):
+    user: str
+    pass_: str | None = msgspec.field(name="pass", default=None)
+    access_token: str | None = None
+
+
+class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    host: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    secure: bool = False
+    auth: Auth | None = None
+    tls: dict[str, Any] | None = None
+    disabled: bool | None = None
+
+
+class AccountCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    account: AccountId | None = None
+    name: str | None = None
+    email: str | None = None
+    imap: ServerSettings | Literal[False] | None = None
+    smtp: ServerSettings | None = None
+    copy: bool | None = None
+    webhooks: str | None = None
+
+
+class AccountUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    name: str | None = None
+    email: str | None = None
+    imap: ServerSettings | Literal[False] | None = None
+    smtp: ServerSettings | None = None
+    copy: bool | None = None
+    webhooks: str | None = None
+
+
+class AccountCreated(msgspec.Struct):
+    account: str
+    state: str
+
+
+class AccountRef(msgspec.Struct):
+    account: str
+
+
+class AccountDeleted(msgspec.Struct):
+    account: str
+    deleted: bool
+
+
+class AccountView(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    account: str
+    name: str | None = None
+    email: str | None = None
+    state: str
+    copy: bool | None = None
+    webhooks: str | None = None
+    imap: dict[str, Any] | bool | None = None
+    smtp: dict[str, Any] | None = None
+    last_error: dict[str, Any] | None = None
+    created: str | None = None
+
+
+class AccountList(msgspec.Struct):
+    accounts: list[AccountView]
+    total: int
+    page: int
+    pages: int

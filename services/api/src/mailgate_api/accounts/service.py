@@ -1,0 +1,104 @@
+"""Account rows: passwords sealed on the way in, never handed out on the way out."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import msgspec
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailgate_common import events
+from mailgate_common.crypto import Sealer, split_secret
+from mailgate_common.db.models import Account
+from mailgate_common.mime import InvalidMessage, normalize_address
+from mailgate_api.accounts.schemas import (
+    AccountCreate,
+    AccountUpdate,
+    AccountView,
+    ServerSettings,
+)
+from mailgate_api.errors import ApiError, not_found
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def _server_dict(value: ServerSettings) -> dict[str, Any]:
+    data: dict[str, Any] = _drop_none(msgspec.to_builtins(value))
+    return data
+
+
+def _check_email(email: str | None) -> None:
+    if email:
+        try:
+            normalize_address("email", email)
+        except InvalidMessage as exc:
+            raise ApiError(422, exc.message, "email") from exc
+
+
+def _check_webhook_url(url: str | None, field: str = "webhooks") -> None:
+    if url and not url.startswith(("http://", "https://")):
+        raise ApiError(422, "must be an http:// or https:// URL", field)
+
+
+def apply(account: Account, body: AccountCreate | AccountUpdate, sealer: Sealer) -> None:
+    """Copy the given fields onto the row, sealing any password."""
+    fields = body.__struct_fields__
+    _check_email(body.email)
+    _check_webhook_url(body.webhooks)
+    secrets_: dict[str, Any] = sealer.open(account.credentials) if account.credentials else {}
+    for name in ("name", "email", "copy", "webhooks"):
+        if name in fields and getattr(body, name) is not None:
+            setattr(account, name, getattr(body, name))
+    if body.smtp is not None:
+        account.smtp, secrets_["smtp"] = split_secret(_server_dict(body.smtp))
+    if body.imap is False:
+        account.imap = None
+        secrets_.pop("imap", None)
+    elif body.imap is not None:
+        account.imap, secrets_["imap"] = split_secret(_server_dict(body.imap))
+    account.credentials = sealer.seal(secrets_) if secrets_ else None
+
+
+def view(account: Account) -> AccountView:
+    return AccountView(
+        account=account.id,
+        name=account.name,
+        email=account.email,
+        state=account.state,
+        copy=account.copy,
+        webhooks=account.webhooks,
+        imap=account.imap if account.imap is not None else False,
+        smtp=account.smtp,
+        last_error=account.last_error,
+        created=events.iso(account.created_at),
+    )
+
+
+def new_account_id() -> str:
+    return secrets.token_hex(8)
+
+
+async def get_account(session: AsyncSession, account_id: str) -> Account:
+    account = await session.get(Account, account_id)
+    if account is None:
+        raise not_found("Account", "account")
+    return account
+
+
+async def list_accounts(
+    session: AsyncSession, page: int, page_size: int, state: str | None
+) -> tuple[list[Account], int]:
+    query = select(Account)
+    count = select(func.count()).select_from(Account)
+    if state:
+        query = query.where(Account.state == state)
+        count = count.where(Account.state == state)
+    total = await session.scalar(count) or 0
+    rows = await session.scalars(query.order_by(Account.id).offset(page * page_size).limit(page_size))
+    return list(rows), total

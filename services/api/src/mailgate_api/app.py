@@ -1,0 +1,89 @@
+"""The litestar application: routes by domain, one error shape, shared resources."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+
+from mailgate_common.bus import Bus
+from mailgate_common.crypto import Sealer
+from mailgate_common.db import Database
+from mailgate_common.event_relay import EventRelay
+from mailgate_common.settings import Settings
+from mailgate_api import health
+from mailgate_api.accounts.routes import AccountController
+from mailgate_api.deps import Resources
+from mailgate_api.errors import EXCEPTION_HANDLERS
+from mailgate_api.outbox.routes import OutboxController
+from mailgate_api.settings.routes import SettingsController
+from mailgate_api.submit.routes import submit
+
+log = logging.getLogger("mailgate.api")
+
+
+async def _connect_bus(bus: Bus) -> None:
+    # The API keeps accepting mail while the broker is away: rows are committed
+    # and the event relay publishes them once the broker is back.
+    while True:
+        try:
+            await bus.connect()
+            return
+        except Exception as exc:
+            log.warning("broker unreachable, retrying: %r", exc)
+            await asyncio.sleep(2)
+
+
+def create_app(settings: Settings) -> Litestar:
+    resources = Resources(
+        settings=settings,
+        db=Database(settings.database_url, pool_size=20),
+        bus=Bus(settings.amqp_url),
+        relay=None,  # type: ignore[arg-type]
+        sealer=Sealer(settings.secret),
+    )
+    resources.relay = EventRelay(resources.db, resources.bus)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        connecting = asyncio.create_task(_connect_bus(resources.bus))
+        relay = asyncio.create_task(resources.relay.run())
+        try:
+            yield
+        finally:
+            connecting.cancel()
+            relay.cancel()
+            await resources.bus.close()
+            await resources.db.dispose()
+
+    def provide_resources() -> Resources:
+        return resources
+
+    return Litestar(
+        route_handlers=[
+            AccountController,
+            submit,
+            OutboxController,
+            SettingsController,
+            health.ready,
+            health.live,
+            health.metrics,
+        ],
+        dependencies={"res": Provide(provide_resources, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        request_max_body_size=int(settings.max_message_size * 1.4) + 65536,
+        openapi_config=OpenAPIConfig(
+            title="mailgate API",
+            version="0.1.0",
+            description="Self-hosted transactional email, EmailEngine-compatible.",
+            path="/docs",
+            render_plugins=[SwaggerRenderPlugin(path="/"), ScalarRenderPlugin(path="/scalar")],
+        ),
+    )

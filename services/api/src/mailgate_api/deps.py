@@ -1,0 +1,20 @@
+"""Process-wide resources the routes use, built once in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailgate_common.bus import Bus
+from mailgate_common.crypto import Sealer
+from mailgate_common.db import Database
+from mailgate_common.event_relay import EventRelay
+from mailgate_common.settings import Settings
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    db: Database
+    bus: Bus
+    relay: EventRelay
+    sealer: Sealer

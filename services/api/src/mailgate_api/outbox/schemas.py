@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import msgspec
+
+
+class EnvelopeView(msgspec.Struct):
+    from_: str = msgspec.field(name="from")
+    to: list[str] = msgspec.field(default_factory=list)
+
+
+class AttemptView(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    attempt: int
+    outcome: str
+    started: str | None
+    finished: str | None
+    server: str | None = None
+    smtp_response_code: int | None = None
+    smtp_status: str | None = None
+    response: str | None = None
+    error: str | None = None
+
+
+class OutboxEntry(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    queue_id: str
+    account: str
+    source: str
+    message_id: str
+    envelope: EnvelopeView
+    subject: str | None
+    state: str
+    created: str | None
+    scheduled: str | None
+    next_attempt: str | None
+    attempts_made: int
+    attempts: int
+    last_error: str | None = None
+    smtp_response: str | None = None
+    attempts_log: list[AttemptView] | None = None
+
+
+class OutboxList(msgspec.Struct):
+    messages: list[OutboxEntry]
+    total: int
+    page: int
+    pages: int
+
+
+class OutboxDeleted(msgspec.Struct):
+    deleted: bool

@@ -1,0 +1,271 @@
+"""One delivery attempt of one outbox message, from claim to recorded outcome.
+
+    claim (guarded: queued|deferred -> sending)
+      -> load account + decrypt SMTP credentials
+      -> SMTP transaction
+      -> one transaction: attempt row + guarded state change + staged events
+      -> publish the events
+
+A message is only ever finished by the sender still holding its claim, and
+``sent`` is final, so redelivered events and racing replicas never send twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from prometheus_client import Counter, Histogram
+from sqlalchemy import select, text, update
+
+from mailgate_common import events, lifecycle
+from mailgate_common.backoff import backoff_delay
+from mailgate_common.crypto import CredentialError, Sealer, with_secret
+from mailgate_common.db import Database
+from mailgate_common.db.models import Account, DeliveryAttempt, OutboxMessage
+from mailgate_common.event_relay import EventRelay, stage
+from mailgate_common.settings import Settings
+from mailgate_sender.outcome import Outcome
+from mailgate_sender.smtp_client import SmtpPool, SmtpServer
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = Counter("mailgate_send_attempts_total", "SMTP delivery attempts", ["result"])
+SEND_SECONDS = Histogram("mailgate_send_seconds", "Time of one SMTP delivery attempt")
+QUEUE_LAG = Histogram(
+    "mailgate_send_lag_seconds",
+    "Delay between a message being due and its attempt starting",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
+
+CLAIM_DUE_SQL = text(
+    """
+    UPDATE outbox SET state = 'sending', claim_token = :token,
+           claimed_until = now() + make_interval(secs => :hold), updated_at = now()
+    WHERE id IN (
+        SELECT id FROM outbox
+        WHERE (state IN ('queued', 'deferred') AND next_attempt_at <= now())
+        ORDER BY next_attempt_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id
+    """
+)
+RECLAIM_SQL = text(
+    """
+    UPDATE outbox SET claim_token = :token,
+           claimed_until = now() + make_interval(secs => :hold), updated_at = now()
+    WHERE id IN (
+        SELECT id FROM outbox
+        WHERE state = 'sending' AND claimed_until < now()
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id
+    """
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    queue_id: str
+    token: str
+
+
+class Deliverer:
+    def __init__(self, settings: Settings, db: Database, relay: EventRelay) -> None:
+        self.settings = settings
+        self.db = db
+        self.relay = relay
+        self.pool = SmtpPool(settings.smtp_timeout)
+        self.sealer = Sealer(settings.secret)
+
+    # --- claiming ---------------------------------------------------------
+
+    async def claim(self, queue_id: str) -> Claim | None:
+        """Claim one message if it is due and nobody holds it."""
+        token = secrets.token_hex(8)
+        async with self.db.transaction() as session:
+            result = await session.execute(
+                update(OutboxMessage)
+                .where(
+                    OutboxMessage.id == queue_id,
+                    OutboxMessage.state.in_(lifecycle.CLAIM.from_states),
+                    OutboxMessage.next_attempt_at <= events.utcnow(),
+                )
+                .values(
+                    state=lifecycle.CLAIM.to_state,
+                    claim_token=token,
+                    claimed_until=events.utcnow() + timedelta(seconds=self.settings.sender_claim_timeout),
+                )
+                .returning(OutboxMessage.id)
+            )
+            claimed = result.scalar_one_or_none()
+        return Claim(queue_id, token) if claimed else None
+
+    async def claim_due(self, limit: int) -> list[Claim]:
+        """Claim due messages, and take over ones whose claimant stopped renewing."""
+        token = secrets.token_hex(8)
+        params = {"token": token, "hold": self.settings.sender_claim_timeout, "limit": limit}
+        async with self.db.transaction() as session:
+            ids = list((await session.execute(CLAIM_DUE_SQL, params)).scalars())
+            if len(ids) < limit:
+                params["limit"] = limit - len(ids)
+                ids += list((await session.execute(RECLAIM_SQL, params)).scalars())
+        return [Claim(queue_id, token) for queue_id in ids]
+
+    # --- delivering -------------------------------------------------------
+
+    async def deliver(self, claim: Claim) -> None:
+        started = events.utcnow()
+        async with self.db.sessions() as session:
+            row = await session.get(OutboxMessage, claim.queue_id)
+            account = await session.get(Account, row.account_id) if row else None
+        if row is None or row.claim_token != claim.token:
+            return
+        QUEUE_LAG.observe(max(0.0, (started - row.next_attempt_at).total_seconds()))
+        server: SmtpServer | None = None
+        if account is None or not account.smtp:
+            outcome = Outcome("permanent", "Account has no SMTP settings", error_code="ESETTINGS")
+        else:
+            try:
+                secret = (
+                    self.sealer.open(account.credentials).get("smtp") if account.credentials else None
+                )
+                server = SmtpServer.from_account(with_secret(account.smtp, secret))
+            except (CredentialError, KeyError, ValueError) as exc:
+                outcome = Outcome("permanent", f"Invalid SMTP settings: {exc}", error_code="ESETTINGS")
+            else:
+                with SEND_SECONDS.time():
+                    outcome = await self.pool.deliver(
+                        server, row.envelope_from, list(row.envelope_to), row.raw
+                    )
+        ATTEMPTS.labels(outcome.kind).inc()
+        await self._record(claim, row, account, server, outcome, started)
+
+    async def _record(
+        self,
+        claim: Claim,
+        row: OutboxMessage,
+        account: Account | None,
+        server: SmtpServer | None,
+        outcome: Outcome,
+        started: datetime,
+    ) -> None:
+        attempt = row.attempts_made + 1
+        envelope = events.Envelope(from_=row.envelope_from, to=list(row.envelope_to))
+        staged: list[events.Event] = []
+        next_attempt: datetime | None = None
+        if outcome.kind == "sent":
+            transition = lifecycle.MARK_SENT
+            staged.append(
+                events.MessageSent(
+                    account=row.account_id,
+                    queue_id=row.id,
+                    message_id=row.message_id,
+                    response=outcome.response,
+                    envelope=envelope,
+                )
+            )
+            if account is not None and account.imap and (row.copy if row.copy is not None else account.copy) is not False:
+                staged.append(events.ImapAppendSent(account=row.account_id, queue_id=row.id))
+        else:
+            retry = outcome.kind == "temporary" and attempt < row.max_attempts
+            if retry:
+                transition = lifecycle.DEFER
+                next_attempt = events.utcnow() + timedelta(
+                    seconds=backoff_delay(
+                        attempt,
+                        self.settings.delivery_retry_base,
+                        self.settings.delivery_retry_max,
+                    )
+                )
+            else:
+                transition = lifecycle.FAIL
+            staged.append(
+                events.MessageDeliveryError(
+                    account=row.account_id,
+                    queue_id=row.id,
+                    message_id=row.message_id,
+                    envelope=envelope,
+                    error=outcome.error,
+                    error_code=outcome.error_code,
+                    smtp_response=outcome.response if outcome.code else None,
+                    smtp_response_code=outcome.code,
+                    smtp_command=outcome.command,
+                    attempts_made=attempt,
+                    attempts=row.max_attempts,
+                    next_attempt=next_attempt,
+                )
+            )
+            if not retry:
+                staged.append(
+                    events.MessageFailed(
+                        account=row.account_id,
+                        queue_id=row.id,
+                        message_id=row.message_id,
+                        error=outcome.error,
+                        envelope=envelope,
+                    )
+                )
+        values: dict[str, object] = {
+            "state": transition.to_state,
+            "attempts_made": attempt,
+            "claim_token": None,
+            "claimed_until": None,
+            "last_error": None if outcome.kind == "sent" else outcome.error,
+            "smtp_response": outcome.response if outcome.code else None,
+        }
+        if next_attempt is not None:
+            values["next_attempt_at"] = next_attempt
+        if transition.to_state in lifecycle.FINAL_STATES:
+            values["finished_at"] = events.utcnow()
+        async with self.db.transaction() as session:
+            result = await session.execute(
+                update(OutboxMessage)
+                .where(
+                    OutboxMessage.id == row.id,
+                    OutboxMessage.state.in_(transition.from_states),
+                    OutboxMessage.claim_token == claim.token,
+                )
+                .values(**values)
+                .returning(OutboxMessage.id)
+            )
+            if result.scalar_one_or_none() is None:
+                # Our claim lapsed and another sender took over: it records the outcome.
+                log.warning("lost claim on %s before recording %s", row.id, outcome.kind)
+                return
+            session.add(
+                DeliveryAttempt(
+                    queue_id=row.id,
+                    attempt=attempt,
+                    outcome={"sent": "sent"}.get(outcome.kind, transition.to_state),
+                    server=server.label if server else None,
+                    smtp_code=outcome.code,
+                    smtp_status=outcome.status,
+                    response=outcome.response,
+                    error=_attempt_error(outcome),
+                    started_at=started,
+                )
+            )
+            stage(session, *staged)
+        log.info("%s attempt %d -> %s: %s", row.id, attempt, transition.to_state, outcome.response)
+        await self.relay.publish_committed(staged)
+
+    async def close(self) -> None:
+        self.pool.close()
+
+    async def pending_exists(self, queue_id: str) -> bool:
+        async with self.db.sessions() as session:
+            state = await session.scalar(select(OutboxMessage.state).where(OutboxMessage.id == queue_id))
+        return state is not None and state not in lifecycle.FINAL_STATES
+
+
+def _attempt_error(outcome: Outcome) -> str | None:
+    parts: list[str] = []
+    if outcome.kind != "sent":
+        parts.append(f"{outcome.error_code}: {outcome.error}" if outcome.error_code else outcome.error)
+    if outcome.refused:
+        parts.append("refused: " + "; ".join(f"{k} {v}" for k, v in outcome.refused.items()))
+    return " | ".join(parts) or None

@@ -1,0 +1,175 @@
+"""Delivering one message to an account's SMTP server, reusing connections per server."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiosmtplib
+
+from mailgate_sender.outcome import Outcome, classify_exception, classify_reply
+
+IDLE_SECONDS = 30.0
+MAX_IDLE_PER_SERVER = 8
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    host: str
+    port: int
+    secure: bool  # implicit TLS; otherwise STARTTLS when offered
+    user: str | None
+    password: str | None
+    verify_tls: bool = True
+
+    @classmethod
+    def from_account(cls, smtp: dict[str, Any]) -> SmtpServer:
+        auth = smtp.get("auth") or {}
+        tls = smtp.get("tls") or {}
+        return cls(
+            host=str(smtp["host"]),
+            port=int(smtp.get("port") or (465 if smtp.get("secure") else 587)),
+            secure=bool(smtp.get("secure", False)),
+            user=auth.get("user"),
+            password=auth.get("pass"),
+            verify_tls=bool(tls.get("rejectUnauthorized", True)),
+        )
+
+    @property
+    def label(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class SmtpPool:
+    """Idle authenticated connections keyed by server, reused for later messages."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._idle: dict[SmtpServer, list[tuple[aiosmtplib.SMTP, float]]] = {}
+
+    async def _connect(self, server: SmtpServer) -> aiosmtplib.SMTP:
+        context = ssl.create_default_context()
+        if not server.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        client = aiosmtplib.SMTP(
+            hostname=server.host,
+            port=server.port,
+            use_tls=server.secure,
+            start_tls=None if not server.secure else False,
+            tls_context=context,
+            timeout=self._timeout,
+        )
+        await client.connect()
+        if server.user:
+            await client.login(server.user, server.password or "")
+        return client
+
+    async def _checkout(self, server: SmtpServer) -> tuple[aiosmtplib.SMTP, bool]:
+        idle = self._idle.get(server, [])
+        now = time.monotonic()
+        while idle:
+            client, since = idle.pop()
+            if client.is_connected and now - since < IDLE_SECONDS:
+                return client, True
+            _close(client)
+        return await self._connect(server), False
+
+    def _checkin(self, server: SmtpServer, client: aiosmtplib.SMTP) -> None:
+        idle = self._idle.setdefault(server, [])
+        if client.is_connected and len(idle) < MAX_IDLE_PER_SERVER:
+            idle.append((client, time.monotonic()))
+        else:
+            _close(client)
+
+    async def deliver(
+        self, server: SmtpServer, envelope_from: str, envelope_to: list[str], raw: bytes
+    ) -> Outcome:
+        command: str | None = "CONNECT"
+        try:
+            client, reused = await self._checkout(server)
+        except Exception as exc:
+            return classify_exception(exc, "AUTH" if isinstance(exc, aiosmtplib.SMTPAuthenticationError) else command)
+        try:
+            outcome = await _transaction(client, envelope_from, envelope_to, raw)
+        except aiosmtplib.SMTPServerDisconnected as exc:
+            if not reused:
+                _close(client)
+                return classify_exception(exc, command)
+            # A reused connection the server dropped while idle: nothing was
+            # accepted on it, so one fresh connection is safe.
+            _close(client)
+            try:
+                client = await self._connect(server)
+                outcome = await _transaction(client, envelope_from, envelope_to, raw)
+            except Exception as retry_exc:
+                _close(client)
+                return classify_exception(retry_exc, command)
+        except Exception as exc:
+            _close(client)
+            return classify_exception(exc, command)
+        if outcome.kind != "sent":
+            try:
+                await client.rset()
+            except Exception:
+                _close(client)
+                return outcome
+        self._checkin(server, client)
+        return outcome
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for client, _ in idle:
+                _close(client)
+        self._idle.clear()
+
+
+async def _transaction(
+    client: aiosmtplib.SMTP, envelope_from: str, envelope_to: list[str], raw: bytes
+) -> Outcome:
+    options: list[str] = []
+    if any(not a.isascii() for a in (envelope_from, *envelope_to)) and client.supports_extension(
+        "smtputf8"
+    ):
+        options.append("SMTPUTF8")
+    if not raw.isascii() and client.supports_extension("8bitmime"):
+        options.append("BODY=8BITMIME")
+    if client.supports_extension("size"):
+        options.append(f"SIZE={len(raw)}")
+    try:
+        await client.mail(envelope_from, options=options)
+    except aiosmtplib.SMTPResponseException as exc:
+        return classify_reply(exc.code, exc.message, "MAIL FROM")
+    refused: dict[str, str] = {}
+    accepted: list[str] = []
+    last_refusal: tuple[int, str] | None = None
+    for rcpt in envelope_to:
+        try:
+            await client.rcpt(rcpt)
+            accepted.append(rcpt)
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            refused[rcpt] = f"{exc.code} {exc.message}"
+            last_refusal = (exc.code, exc.message)
+    if not accepted:
+        assert last_refusal is not None
+        outcome = classify_reply(last_refusal[0], last_refusal[1], "RCPT TO")
+        return Outcome(outcome.kind, outcome.response, outcome.code, outcome.status,
+                       "RCPT TO", "EENVELOPE", refused)
+    try:
+        response = await client.data(raw)
+    except aiosmtplib.SMTPDataError as exc:
+        return classify_reply(exc.code, exc.message, "DATA")
+    outcome = classify_reply(response.code, response.message, "DATA")
+    return Outcome(outcome.kind, outcome.response, outcome.code, outcome.status,
+                   outcome.command, outcome.error_code, refused)
+
+
+def _close(client: aiosmtplib.SMTP) -> None:
+    try:
+        client.close()
+    except Exception:
+        pass
+
+

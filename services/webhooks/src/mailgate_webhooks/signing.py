@@ -1,0 +1,40 @@
+"""Webhook signatures, verifiable by EmailEngine clients and Standard Webhooks libraries.
+
+* ``X-EE-Wh-Signature``: base64url (no padding) HMAC-SHA256 of the raw body,
+  keyed with the service secret string as EmailEngine does.
+* ``webhook-id`` / ``webhook-timestamp`` / ``webhook-signature``: the
+  Standard Webhooks scheme, ``v1,`` + base64 HMAC-SHA256 of
+  ``"{id}.{timestamp}.{body}"`` keyed with the base64 part of ``whsec_…``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+
+def ee_signature(secret: str, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def standard_key(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix("whsec_"))
+
+
+def standard_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(standard_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    return {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": standard_signature(secret, msg_id, timestamp, body),
+        "x-ee-wh-signature": ee_signature(secret, body),
+        "x-mailgate-event-id": msg_id,
+    }
