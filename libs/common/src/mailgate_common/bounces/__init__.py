@@ -1,7 +1,7 @@
 """Bounce parsing: DSNs, text bounces, ARF complaints and auto-replies, without I/O.
 
-    >>> report = parse_bounce(raw_bytes)
-    >>> report.kind, [r.address for r in report.recipients]
+>>> report = parse_bounce(raw_bytes)
+>>> report.kind, [r.address for r in report.recipients]
 """
 
 from .model import BouncedRecipient, BounceReport

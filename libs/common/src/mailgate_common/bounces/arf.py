@@ -13,14 +13,19 @@ _FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)[ \t]*:[ \t]*(.*)$", re.M)
 # Feedback loops that predate ARF (Hotmail/AOL style) say so in the body instead.
 _LEGACY_FBL = re.compile(
     r"(?i)this is an? (?:email )?(?:abuse|opt-out|fraud|virus|not-spam) report|"
-    r"feedback[- ]type:\s*\w+|complaint about a message|spam complaint")
+    r"feedback[- ]type:\s*\w+|complaint about a message|spam complaint"
+)
 
 
 def _fields(part: Message) -> list[tuple[str, str]]:
     payload = part.get_payload()
     if isinstance(payload, list):
-        return [(k.lower(), " ".join(str(v).split()))
-                for block in payload if isinstance(block, Message) for k, v in block.items()]
+        return [
+            (k.lower(), " ".join(str(v).split()))
+            for block in payload
+            if isinstance(block, Message)
+            for k, v in block.items()
+        ]
     return [(k.lower(), v.strip()) for k, v in _FIELD.findall(part_text(part))]
 
 
@@ -43,7 +48,8 @@ def is_feedback(msg: Message, parts: Parts) -> bool:
         return True
     text = " ".join(parts.notice)[:3000]
     return bool(re.search(r"(?im)^feedback-type:\s*\S+", text)) or (
-        bool(_LEGACY_FBL.search(text)) and bool(parts.originals))
+        bool(_LEGACY_FBL.search(text)) and bool(parts.originals)
+    )
 
 
 def parse(msg: Message, parts: Parts, message_id: str | None) -> BounceReport:
@@ -67,7 +73,8 @@ def parse(msg: Message, parts: Parts, message_id: str | None) -> BounceReport:
     if not addresses:
         for original in parts.originals:
             found = address_in(header_text(original, _HOTMAIL_RECIPIENT)) or address_in(
-                header_text(original, "To"))
+                header_text(original, "To")
+            )
             if found:
                 addresses = [found]
                 break
@@ -76,11 +83,16 @@ def parse(msg: Message, parts: Parts, message_id: str | None) -> BounceReport:
     diagnostic = " ".join(" ".join(parts.notice).split())[:500] or None
     recipients = [
         BouncedRecipient(
-            address=address, action="", reason="feedback", hard=False,
-            diagnostic=diagnostic, mta=fields.get("reported-domain") or None,
+            address=address,
+            action="",
+            reason="feedback",
+            hard=False,
+            diagnostic=diagnostic,
+            mta=fields.get("reported-domain") or None,
             feedback_type=feedback_type,
         )
         for address in dict.fromkeys(addresses)
     ]
-    return BounceReport(kind="complaint", message_id=message_id, recipients=recipients,
-                        feedback_type=feedback_type)
+    return BounceReport(
+        kind="complaint", message_id=message_id, recipients=recipients, feedback_type=feedback_type
+    )

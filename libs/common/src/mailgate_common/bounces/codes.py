@@ -11,17 +11,19 @@ _REPLY_RE = re.compile(r"(?:^|(?<=[\s:(\[\"'>]))([245][0-5]\d)(?=[\s\-:.,)]|$)")
 
 
 def find_status(text: str | None) -> str | None:
-    """The enhanced status code an SMTP reply quotes, preferring one next to a reply code."""
+    """The enhanced status code of the decisive answer quoted in a diagnostic.
+
+    Transcripts and relayed errors quote several codes ("554 4.4.7 expired <421 4.4.2
+    timed out>", "250 2.1.5 Ok ... 451 4.3.0 error"); the last failure code is the one
+    that explains the failure, so it wins over earlier ones and over 2.x.x codes.
+    """
     if not text:
         return None
-    paired = _REPLY_STATUS_RE.search(text)
-    if paired:
-        return paired.group(2)
-    for m in STATUS_RE.finditer(text):
-        code = m.group(0)
-        if valid_status(code):
-            return code
-    return None
+    found = [m.group(0) for m in STATUS_RE.finditer(text) if valid_status(m.group(0))]
+    failures = [c for c in found if c[0] != "2"]
+    if failures:
+        return failures[-1]
+    return found[-1] if found else None
 
 
 def find_reply_code(text: str | None) -> int | None:
@@ -87,3 +89,14 @@ def prefer(field_code: str | None, text_code: str | None, reply: int | None) -> 
     if field_code == "5.1.3" and text_code.startswith("5.7."):
         return text_code
     return field_code
+
+
+_CONTINUATION = re.compile(r"(?<=\S)\s+[245]\d\d[- ](?:[245]\.\d{1,3}\.\d{1,3}\s+)?(?=\S)")
+
+
+def join_multiline_reply(text: str) -> str:
+    """'550-5.2.1 foo 550-5.2.1 bar' -> '550-5.2.1 foo bar': keeps phrases in one piece."""
+    head = re.match(r"\s*[245]\d\d[- ](?:[245]\.\d{1,3}\.\d{1,3}\s+)?", text)
+    if not head:
+        return text
+    return text[: head.end()] + _CONTINUATION.sub(" ", text[head.end() :])

@@ -10,12 +10,31 @@ from .mime import part_text
 
 _FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)[ \t]*:[ \t]*(.*)$")
 _RECIPIENT_FIELDS = frozenset({"final-recipient", "original-recipient", "x-actual-recipient"})
-_DSN_FIELDS = frozenset({
-    "reporting-mta", "received-from-mta", "arrival-date", "original-envelope-id", "dsn-gateway",
-    "x-postfix-queue-id", "x-postfix-sender", "final-recipient", "original-recipient", "action",
-    "status", "remote-mta", "diagnostic-code", "last-attempt-date", "will-retry-until",
-    "final-log-id", "x-actual-recipient", "x-supplementary-info", "x-display-name",
-})
+_DSN_FIELDS = frozenset(
+    {
+        "reporting-mta",
+        "received-from-mta",
+        "arrival-date",
+        "original-envelope-id",
+        "dsn-gateway",
+        "x-postfix-queue-id",
+        "x-postfix-sender",
+        "final-recipient",
+        "original-recipient",
+        "action",
+        "status",
+        "remote-mta",
+        "diagnostic-code",
+        "last-attempt-date",
+        "will-retry-until",
+        "final-log-id",
+        "x-actual-recipient",
+        "x-supplementary-info",
+        "x-display-name",
+    }
+)
+# Separates the blank-line delimited field groups of RFC 3464 (one per recipient).
+BLOCK_END = ("", "")
 _ADDR = re.compile(r"[^\s<>()\[\]\"',;:]+@[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 
 
@@ -44,6 +63,7 @@ def fields_of_part(part: Message) -> list[tuple[str, str]]:
         pairs: list[tuple[str, str]] = []
         for block in payload:
             if isinstance(block, Message):
+                pairs.append(BLOCK_END)
                 pairs.extend((k, " ".join(str(v).split())) for k, v in block.items())
                 # A block's "body" holds fields after a malformed line; keep reading them.
                 body = block.get_payload()
@@ -57,7 +77,11 @@ def fields_of_text(text: str) -> list[tuple[str, str]]:
     """DSN fields embedded in plain text (unfolds continuation lines)."""
     pairs: list[tuple[str, str]] = []
     for line in text.split("\n"):
-        if line[:1] in (" ", "\t") and pairs:
+        if not line.strip():
+            if pairs and pairs[-1] != BLOCK_END:
+                pairs.append(BLOCK_END)
+            continue
+        if line[:1] in (" ", "\t") and pairs and pairs[-1] != BLOCK_END:
             name, value = pairs[-1]
             if name.lower() in _DSN_FIELDS and line.strip():
                 pairs[-1] = (name, f"{value} {line.strip()}")
@@ -84,39 +108,58 @@ def address_in(value: str) -> str:
 def build(pairs: list[tuple[str, str]]) -> Dsn:
     dsn = Dsn()
     current: DsnRecipient | None = None
-    for raw_name, value in pairs:
+    # Fields that precede the recipient field in the same group (some MTAs write
+    # Diagnostic-Code before Final-Recipient) wait here for their recipient.
+    pending: list[tuple[str, str]] = []
+    for raw_name, value in [*pairs, BLOCK_END]:
         name = raw_name.lower()
-        if name in _RECIPIENT_FIELDS:
-            if current is None or name in current.fields or (
-                name == "original-recipient" and "final-recipient" in current.fields
-                and "action" in current.fields
-            ):
-                current = DsnRecipient()
-                dsn.recipients.append(current)
-        if current is None:
-            if name == "reporting-mta":
-                dsn.reporting_mta = _typed_value(value)[1]
+        if (raw_name, value) == BLOCK_END:
+            for k, v in pending:
+                if k == "reporting-mta" and not dsn.reporting_mta:
+                    dsn.reporting_mta = _typed_value(v)[1]
+            current, pending = None, []
             continue
-        if name in current.fields and name not in _RECIPIENT_FIELDS:
-            continue  # duplicated fields: keep the first, like most readers do
-        current.fields[name] = value
-        if name == "final-recipient":
-            current.address = address_in(_typed_value(value)[1])
-        elif name in ("original-recipient", "x-actual-recipient") and not current.original:
-            current.original = address_in(_typed_value(value)[1])
-        elif name == "action":
-            current.action = value.split()[0].lower().rstrip(";,") if value.split() else ""
-        elif name == "status":
-            current.status = value
-        elif name == "diagnostic-code":
-            current.diagnostic_type, current.diagnostic = _typed_value(value)
-            current.diagnostic_type = current.diagnostic_type.upper()
-        elif name == "remote-mta":
-            current.remote_mta = _typed_value(value)[1]
-        elif name == "reporting-mta" and not dsn.reporting_mta:
-            dsn.reporting_mta = _typed_value(value)[1]
+        if name in _RECIPIENT_FIELDS and (
+            current is None
+            or name in current.fields
+            or (
+                name == "original-recipient"
+                and "final-recipient" in current.fields
+                and "action" in current.fields
+            )
+        ):
+            current = DsnRecipient()
+            dsn.recipients.append(current)
+            for k, v in pending:
+                _set(dsn, current, k, v)
+            pending = []
+        if current is None:
+            pending.append((name, value))
+            continue
+        _set(dsn, current, name, value)
     for r in dsn.recipients:
         if not r.address:
             r.address = r.original
     dsn.recipients = [r for r in dsn.recipients if r.address]
     return dsn
+
+
+def _set(dsn: Dsn, current: DsnRecipient, name: str, value: str) -> None:
+    if name in current.fields and name not in _RECIPIENT_FIELDS:
+        return  # duplicated fields: keep the first, like most readers do
+    current.fields[name] = value
+    if name == "final-recipient":
+        current.address = address_in(_typed_value(value)[1])
+    elif name in ("original-recipient", "x-actual-recipient") and not current.original:
+        current.original = address_in(_typed_value(value)[1])
+    elif name == "action":
+        current.action = value.split()[0].lower().rstrip(";,") if value.split() else ""
+    elif name == "status":
+        current.status = value
+    elif name == "diagnostic-code":
+        kind, text = _typed_value(value)
+        current.diagnostic_type, current.diagnostic = kind.upper(), text
+    elif name == "remote-mta":
+        current.remote_mta = _typed_value(value)[1]
+    elif name == "reporting-mta" and not dsn.reporting_mta:
+        dsn.reporting_mta = _typed_value(value)[1]

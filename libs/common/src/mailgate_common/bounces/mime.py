@@ -17,10 +17,18 @@ from email.message import Message
 
 _MBOX_FROM = re.compile(rb"\AFrom [^\n]*\n")
 _TAG = re.compile(r"<[^>]+>")
-_ORIGINAL_TYPES = frozenset({"message/rfc822", "text/rfc822-headers", "message/global",
-                             "message/global-headers", "message/rfc822-headers"})
-REPORT_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status",
-                          "text/delivery-status"})
+_ORIGINAL_TYPES = frozenset(
+    {
+        "message/rfc822",
+        "text/rfc822-headers",
+        "message/global",
+        "message/global-headers",
+        "message/rfc822-headers",
+    }
+)
+REPORT_TYPES = frozenset(
+    {"message/delivery-status", "message/global-delivery-status", "text/delivery-status"}
+)
 
 
 def normalise_newlines(raw: bytes) -> bytes:
@@ -44,8 +52,7 @@ def header_text(msg: Message, name: str) -> str:
     try:
         parts = email.header.decode_header(str(value))
         text = "".join(
-            p.decode(cs or "utf-8", "replace") if isinstance(p, bytes) else p
-            for p, cs in parts
+            p.decode(cs or "utf-8", "replace") if isinstance(p, bytes) else p for p, cs in parts
         )
     except (LookupError, ValueError, TypeError):
         text = str(value)
@@ -86,6 +93,7 @@ class Parts:
     feedback: list[Message] = field(default_factory=list)  # ARF feedback-report parts
     originals: list[Message] = field(default_factory=list)  # headers of returned messages
     types: list[str] = field(default_factory=list)
+    attached: list[Message] = field(default_factory=list)  # whole returned messages
 
 
 def split_parts(msg: Message) -> Parts:
@@ -106,6 +114,8 @@ def _walk(part: Message, out: Parts, *, top: bool) -> None:
         return
     if ctype in _ORIGINAL_TYPES:
         headers = original_headers(part)
+        if headers is not None and isinstance(part.get_payload(), list):
+            out.attached.append(headers)
         if headers is not None:
             out.originals.append(headers)
         return
@@ -117,7 +127,8 @@ def _walk(part: Message, out: Parts, *, top: bool) -> None:
                     _walk(sub, out, top=False)
         return
     if ctype.startswith(("text/", "multipart/")) or (
-            top and part.get_content_maintype() not in ("image", "audio", "video")):
+        top and part.get_content_maintype() not in ("image", "audio", "video")
+    ):
         disposition = (part.get("Content-Disposition") or "").lower()
         text = part_text(part)
         if "attachment" in disposition and _looks_like_message(text):
@@ -132,8 +143,10 @@ _HEADER_LINE = re.compile(r"^[A-Za-z][\w-]*:[ \t]", re.M)
 
 def _looks_like_message(text: str) -> bool:
     head = text.lstrip()[:2000]
-    return bool(re.match(r"(?i)(return-path|received|from|message-id|date|subject|to):", head)) \
+    return (
+        bool(re.match(r"(?i)(return-path|received|from|message-id|date|subject|to):", head))
         and len(_HEADER_LINE.findall(head)) >= 3
+    )
 
 
 def original_headers(part: Message) -> Message | None:

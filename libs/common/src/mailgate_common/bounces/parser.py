@@ -11,7 +11,8 @@ from .model import BouncedRecipient, BounceReport
 
 _SYSTEM_FROM = re.compile(
     r"(?i)\b(?:mailer-daemon|mail-daemon|maildaemon|postmaster|mdaemon|mail delivery|"
-    r"mail administrator|mailer_daemon|mail system|delivery subsystem|mailadmin)\b")
+    r"mail administrator|mailer_daemon|mail system|delivery subsystem|mailadmin)\b"
+)
 _BOUNCE_SUBJECT = re.compile(
     r"(?i)undeliver|delivery (?:status|notification|failure|failed|problem|report|"
     r"incomplete|delayed)|returned mail|failure notice|mail delivery fail|non-?delivery|"
@@ -20,7 +21,8 @@ _BOUNCE_SUBJECT = re.compile(
     r"error sending|returned to sender|mail failure|failed mail|\bndn\b|message blocked|"
     r"unzustellbar|nicht zustellbar|non remis|\u4e0d\u9054|\u914d\u4fe1|"
     r"\u30a8\u30e9\u30fc|warning: message|mail could not|delivery error|delivery warning|"
-    r"permanent error|failure delivery|notice of|message you sent|mail returned")
+    r"permanent error|failure delivery|notice of|message you sent|mail returned"
+)
 _BOUNCE_BODY = re.compile(
     r"(?i)could ?n[o']t be delivered|undeliverable|delivery to the following|"
     r"delivery (?:has )?failed|following address(?:\(es\)|es)? failed|permanent (?:error|failure)|"
@@ -32,20 +34,26 @@ _BOUNCE_BODY = re.compile(
     r"remote (?:host|server) said|returned to (?:you|sender)|the following recipient|"
     r"transcript of session|delivery failure|failed recipient|smtp error|"
     r"could not deliver|couldn't deliver|no such user|\b5\d\d[ -][45]\.\d|"
-    r"\u9001\u4fe1|\u5b9b\u5148|\u914d\u9054|\u5c4a\u304b")
+    r"\u9001\u4fe1|\u5b9b\u5148|\u914d\u9054|\u5c4a\u304b"
+)
 _DELAYED = re.compile(
     r"(?i)has not yet been delivered|not been delivered yet|delivery (?:is|has been) delayed|"
     r"will (?:continue to )?(?:try|retry|be retried)|still trying|delay(?:ed)? (?:mail|message)|"
     r"^warning:|delivery status notification \(delay\)|temporarily deferred|"
-    r"no action is required on your part")
+    r"no action is required on your part"
+)
 _MSGID = re.compile(r"(?im)^Message-I[Dd][ \t]*:[ \t]*\n?[ \t]*<?([^\s<>]+@[^\s<>]+?)>?[ \t]*$")
 _REMOTE_HOST = re.compile(
     r"(?i)(?:remote host|host|server|by|from)\s+\[?([A-Za-z0-9][A-Za-z0-9.-]*\.[A-Za-z]{2,}"
-    r"|\d{1,3}(?:\.\d{1,3}){3})\]?")
+    r"|\d{1,3}(?:\.\d{1,3}){3})\]?"
+)
 
 
 def parse_bounce(raw: bytes) -> BounceReport:
-    msg = load(raw)
+    return _parse(load(raw), depth=0)
+
+
+def _parse(msg: Message, depth: int) -> BounceReport:
     parts = split_parts(msg)
     notice = "\n".join(parts.notice)
     explanation, returned = text.split_notice(notice)
@@ -76,17 +84,24 @@ def parse_bounce(raw: bytes) -> BounceReport:
 
     subject = header_text(msg, "Subject")
     sender = header_text(msg, "From")
-    signals = sum((
-        bool(_SYSTEM_FROM.search(sender)),
-        bool(_BOUNCE_SUBJECT.search(subject)),
-        bool(_BOUNCE_BODY.search(explanation)),
-        msg.get("X-Failed-Recipients") is not None,
-    ))
+    signals = sum(
+        (
+            bool(_SYSTEM_FROM.search(sender)),
+            bool(_BOUNCE_SUBJECT.search(subject)),
+            bool(_BOUNCE_BODY.search(explanation)),
+            msg.get("X-Failed-Recipients") is not None,
+        )
+    )
     is_auto = autoreply.looks_like_autoreply(msg, explanation)
     if signals >= 1 and not (is_auto and signals < 2):
         recipients = _from_text(msg, explanation, subject, exclude)
         if recipients:
             return BounceReport(kind="bounce", message_id=message_id, recipients=recipients)
+        # Some gateways wrap the real bounce, unchanged, inside their own notice.
+        for inner in parts.attached if depth == 0 else []:
+            nested = _parse(inner, depth + 1)
+            if nested.kind == "bounce" and nested.recipients:
+                return nested
     if is_auto:
         # The person who is away is the recipient the auto-reply is about.
         away = dsn.address_in(header_text(msg, "From"))
@@ -97,7 +112,8 @@ def parse_bounce(raw: bytes) -> BounceReport:
 
 def _succeeded(r: BouncedRecipient) -> bool:
     return r.action in ("delivered", "relayed", "expanded", "deliverable") or bool(
-        r.status and r.status.startswith("2."))
+        r.status and r.status.startswith("2.")
+    )
 
 
 def _sender_addresses(msg: Message, parts: Parts) -> set[str]:
@@ -120,31 +136,54 @@ def _original_message_id(msg: Message, parts: Parts, returned: str) -> str | Non
             return value.strip().strip("<>").strip() or None
     m = _MSGID.search(returned)
     if m:
-        return m.group(1)
+        return str(m.group(1))
     for name in ("In-Reply-To", "References"):
-        ids = re.findall(r"<([^<>\s]+)>", header_text(msg, name))
+        ids: list[str] = re.findall(r"<([^<>\s]+)>", header_text(msg, name))
         if ids:
             return ids[-1]
     return None
 
 
-def _finish(address: str, action: str, status_field: str | None, diagnostic: str,
-            context: str, *, diagnostic_type: str = "", mta: str | None = None) -> BouncedRecipient:
+def _finish(
+    address: str,
+    action: str,
+    status_field: str | None,
+    diagnostic: str,
+    context: str,
+    *,
+    diagnostic_type: str = "",
+    mta: str | None = None,
+) -> BouncedRecipient:
     """Status, reply code and reason for one recipient from everything we know about it."""
     reply = codes.find_reply_code(diagnostic) or codes.find_reply_code(context)
     text_status = codes.find_status(diagnostic) or codes.find_status(context)
     status = codes.prefer(codes.clean_status(status_field), text_status, reply)
-    evidence = diagnostic if len(diagnostic) > 12 else f"{diagnostic} {context}".strip()
+    evidence = codes.join_multiline_reply(diagnostic)
+    if len(evidence) <= 12 or "(in reply to" in context.lower():
+        # Postfix puts "(in reply to MAIL FROM command)" only in the human-readable part.
+        evidence = f"{evidence} {context}".strip()
     facts = reasons.Facts(
-        diagnostic=evidence, status=status or "", reply_code=str(reply or ""), action=action,
-        command=reasons.find_command(f"{diagnostic} {context}"),
+        diagnostic=evidence,
+        status=status or "",
+        reply_code=str(reply or ""),
+        action=action,
+        # The command belongs to this recipient's own answer; the whole notice may quote
+        # other recipients' sessions.
+        command=reasons.find_command(diagnostic) or reasons.find_command(context),
         diagnostic_type=diagnostic_type,
     )
+    if not status and address.lower().endswith("@googlegroups.com"):
+        facts.reason = "rejected"  # Google Groups refuses posts from non-members
     reason = reasons.classify(facts)
     return BouncedRecipient(
-        address=address, action=action or "failed", status=status, reply_code=reply,
-        diagnostic=diagnostic or None, reason=reason,
-        hard=reasons.is_hard(reason, status, reply), mta=mta,
+        address=address,
+        action=action or "failed",
+        status=status,
+        reply_code=reply,
+        diagnostic=diagnostic or None,
+        reason=reason,
+        hard=reasons.is_hard(reason, status, reply),
+        mta=mta,
     )
 
 
@@ -158,29 +197,53 @@ def _block_for(address: str, explanation: str) -> str:
 
 
 def _from_dsn(r: dsn.DsnRecipient, report: dsn.Dsn, explanation: str) -> BouncedRecipient:
-    context = _block_for(r.address, explanation) or (
-        r.original and _block_for(r.original, explanation)) or ""
+    context = (
+        _block_for(r.address, explanation)
+        or (r.original and _block_for(r.original, explanation))
+        or ""
+    )
     diagnostic = r.diagnostic
     mta = r.remote_mta or report.reporting_mta or None
-    return _finish(r.address, r.action or "failed", r.status, diagnostic, context,
-                   diagnostic_type=r.diagnostic_type, mta=mta)
+    return _finish(
+        r.address,
+        r.action or "failed",
+        r.status,
+        diagnostic,
+        context,
+        diagnostic_type=r.diagnostic_type,
+        mta=mta,
+    )
 
 
-def _from_text(msg: Message, explanation: str, subject: str,
-               exclude: set[str]) -> list[BouncedRecipient]:
+def _from_text(
+    msg: Message, explanation: str, subject: str, exclude: set[str]
+) -> list[BouncedRecipient]:
+    # X-Failed-Recipients (Exim, Google) is the MTA's own list: better than any guess.
+    failed = [m.group(0) for m in text.ADDR_RE.finditer(header_text(msg, "X-Failed-Recipients"))]
     found = text.pick_recipients(explanation, exclude)
-    if not found:
-        failed = header_text(msg, "X-Failed-Recipients")
-        found = [(m.group(0), -1) for m in text.ADDR_RE.finditer(failed)]
+    if failed:
+        lines = {a.lower(): n for a, n in found}
+        found = [(a, lines.get(a.lower(), -1)) for a in dict.fromkeys(failed)]
     if not found:
         return []
     delayed = bool(_DELAYED.search(subject)) or bool(_DELAYED.search(explanation))
     stops = {line for _, line in found}
     out: list[BouncedRecipient] = []
     for address, line_no in found:
-        block = text.block_after(explanation, line_no, stops - {line_no}) if line_no >= 0 \
+        block = (
+            text.block_after(explanation, line_no, stops - {line_no})
+            if line_no >= 0
             else text.collapse(explanation)
+        )
         host = _REMOTE_HOST.search(block)
-        out.append(_finish(address, "delayed" if delayed else "failed", None, block,
-                           text.collapse(explanation), mta=host.group(1) if host else None))
+        out.append(
+            _finish(
+                address,
+                "delayed" if delayed else "failed",
+                None,
+                block,
+                text.collapse(explanation),
+                mta=host.group(1) if host else None,
+            )
+        )
     return out

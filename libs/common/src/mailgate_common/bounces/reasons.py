@@ -16,43 +16,122 @@ from .phrases import included_in
 # RFC 3463 / IANA enhanced status code -> reason (Sisimai smtp/status Name()).
 STATUS_REASON: dict[str, str] = {
     "2.1.5": "delivered",
-    "4.1.6": "hasmoved", "4.1.7": "rejected", "4.1.8": "rejected", "4.1.9": "systemerror",
-    "4.2.1": "blocked", "4.2.2": "mailboxfull", "4.2.3": "exceedlimit", "4.2.4": "filtered",
-    "4.3.1": "systemfull", "4.3.2": "notaccept", "4.3.3": "systemerror", "4.3.5": "systemerror",
-    "4.4.1": "expired", "4.4.2": "networkerror", "4.4.3": "systemerror", "4.4.4": "networkerror",
-    "4.4.5": "systemfull", "4.4.6": "networkerror", "4.4.7": "expired", "4.4.8": "networkerror",
-    "4.5.3": "systemerror", "4.5.5": "systemerror", "4.6.0": "contenterror",
-    "4.6.2": "contenterror", "4.6.5": "contenterror", "4.7.1": "blocked", "4.7.2": "blocked",
-    "4.7.5": "securityerror", "4.7.6": "securityerror", "4.7.7": "securityerror",
-    "4.7.12": "securityerror", "4.7.15": "securityerror", "4.7.16": "mesgtoobig",
-    "4.7.24": "authfailure", "4.7.25": "requireptr", "4.7.26": "authfailure",
-    "5.1.0": "userunknown", "5.1.1": "userunknown", "5.1.2": "hostunknown",
-    "5.1.3": "userunknown", "5.1.4": "filtered", "5.1.6": "hasmoved", "5.1.7": "rejected",
-    "5.1.8": "rejected", "5.1.9": "systemerror", "5.1.10": "notaccept", "5.2.0": "filtered",
-    "5.2.1": "filtered", "5.2.2": "mailboxfull", "5.2.3": "exceedlimit", "5.2.4": "filtered",
-    "5.3.0": "systemerror", "5.3.1": "systemfull", "5.3.2": "notaccept",
-    "5.3.3": "systemerror", "5.3.4": "mesgtoobig", "5.3.5": "systemerror",
-    "5.4.0": "networkerror", "5.4.3": "systemerror", "5.4.4": "hostunknown",
-    "5.5.2": "syntaxerror", "5.5.3": "toomanyconn", "5.5.4": "systemerror",
-    "5.5.5": "systemerror", "5.5.6": "syntaxerror",
+    "4.1.6": "hasmoved",
+    "4.1.7": "rejected",
+    "4.1.8": "rejected",
+    "4.1.9": "systemerror",
+    "4.2.1": "blocked",
+    "4.2.2": "mailboxfull",
+    "4.2.3": "exceedlimit",
+    "4.2.4": "filtered",
+    "4.3.1": "systemfull",
+    "4.3.2": "notaccept",
+    "4.3.3": "systemerror",
+    "4.3.5": "systemerror",
+    "4.4.1": "expired",
+    "4.4.2": "networkerror",
+    "4.4.3": "systemerror",
+    "4.4.4": "networkerror",
+    "4.4.5": "systemfull",
+    "4.4.6": "networkerror",
+    "4.4.7": "expired",
+    "4.4.8": "networkerror",
+    "4.5.3": "systemerror",
+    "4.5.5": "systemerror",
+    "4.6.0": "contenterror",
+    "4.6.2": "contenterror",
+    "4.6.5": "contenterror",
+    "4.7.1": "blocked",
+    "4.7.2": "blocked",
+    "4.7.5": "securityerror",
+    "4.7.6": "securityerror",
+    "4.7.7": "securityerror",
+    "4.7.12": "securityerror",
+    "4.7.15": "securityerror",
+    "4.7.16": "mesgtoobig",
+    "4.7.24": "authfailure",
+    "4.7.25": "requireptr",
+    "4.7.26": "authfailure",
+    "5.1.0": "userunknown",
+    "5.1.1": "userunknown",
+    "5.1.2": "hostunknown",
+    "5.1.3": "userunknown",
+    "5.1.4": "filtered",
+    "5.1.6": "hasmoved",
+    "5.1.7": "rejected",
+    "5.1.8": "rejected",
+    "5.1.9": "systemerror",
+    "5.1.10": "notaccept",
+    "5.2.0": "filtered",
+    "5.2.1": "filtered",
+    "5.2.2": "mailboxfull",
+    "5.2.3": "exceedlimit",
+    "5.2.4": "filtered",
+    "5.3.0": "systemerror",
+    "5.3.1": "systemfull",
+    "5.3.2": "notaccept",
+    "5.3.3": "systemerror",
+    "5.3.4": "mesgtoobig",
+    "5.3.5": "systemerror",
+    "5.4.0": "networkerror",
+    "5.4.3": "systemerror",
+    "5.4.4": "hostunknown",
+    "5.5.2": "syntaxerror",
+    "5.5.3": "toomanyconn",
+    "5.5.4": "systemerror",
+    "5.5.5": "systemerror",
+    "5.5.6": "syntaxerror",
     **{f"5.6.{n}": "contenterror" for n in (0, 1, 2, 3, 5, 6, 7, 8, 9)},
     **{f"5.7.{n}": "securityerror" for n in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 14, 15, 19)},
-    "5.7.13": "suspend", "5.7.16": "mesgtoobig", "5.7.17": "hasmoved", "5.7.18": "hasmoved",
-    "5.7.20": "authfailure", "5.7.21": "authfailure", "5.7.22": "authfailure",
-    "5.7.23": "authfailure", "5.7.24": "authfailure", "5.7.25": "requireptr",
-    "5.7.26": "authfailure", "5.7.27": "notaccept", "5.7.28": "spamdetected",
-    "5.7.29": "authfailure", "5.7.30": "failedstarttls",
+    "5.7.13": "suspend",
+    "5.7.16": "mesgtoobig",
+    "5.7.17": "hasmoved",
+    "5.7.18": "hasmoved",
+    "5.7.20": "authfailure",
+    "5.7.21": "authfailure",
+    "5.7.22": "authfailure",
+    "5.7.23": "authfailure",
+    "5.7.24": "authfailure",
+    "5.7.25": "requireptr",
+    "5.7.26": "authfailure",
+    "5.7.27": "notaccept",
+    "5.7.28": "spamdetected",
+    "5.7.29": "authfailure",
+    "5.7.30": "failedstarttls",
 }
 
 # Reasons a status code suggests only weakly: the text gets a chance to overrule them.
-RETRY = frozenset({"undefined", "onhold", "systemerror", "securityerror", "expired",
-                   "networkerror", "hostunknown", "userunknown"})
+RETRY = frozenset(
+    {
+        "undefined",
+        "onhold",
+        "systemerror",
+        "securityerror",
+        "expired",
+        "networkerror",
+        "hostunknown",
+        "userunknown",
+    }
+)
 # Commands issued before DATA: a rejection there cannot be about the message content.
 BEFORE_DATA = frozenset({"CONN", "EHLO", "HELO", "MAIL", "RCPT"})
 HARD_REASONS = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})
 
-_COMMANDS = ("HELO", "EHLO", "STARTTLS", "AUTH PLAIN", "AUTH LOGIN", "AUTH CRAM-",
-             "AUTH DIGEST-", "MAIL F", "RCPT", "RCPT T", "DATA", "QUIT", "XFORWARD")
+_COMMANDS = (
+    "HELO",
+    "EHLO",
+    "STARTTLS",
+    "AUTH PLAIN",
+    "AUTH LOGIN",
+    "AUTH CRAM-",
+    "AUTH DIGEST-",
+    "MAIL F",
+    "RCPT",
+    "RCPT T",
+    "DATA",
+    "QUIT",
+    "XFORWARD",
+)
 
 
 def find_command(text: str | None) -> str:
@@ -64,11 +143,19 @@ def find_command(text: str | None) -> str:
     if not text:
         return ""
     found: list[str] = []
-    if re.search(r"(?i)does not like recipient|recipient address rejected|"
-                 r"unknown recipient|recipient unknown", text) and "DATA" not in text:
+    if (
+        re.search(
+            r"(?i)does not like recipient|recipient address rejected|"
+            r"unknown recipient|recipient unknown",
+            text,
+        )
+        and "DATA" not in text
+    ):
         found.append("RCPT")
     for token in _COMMANDS:
-        pattern = re.escape(token) if " " in token else rf"(?<![0-9A-Za-z@`]){token}(?![0-9A-Za-z@`])"
+        pattern = (
+            re.escape(token) if " " in token else rf"(?<![0-9A-Za-z@`]){token}(?![0-9A-Za-z@`])"
+        )
         if not re.search(pattern, text):
             continue
         head = token[:4]
@@ -96,15 +183,66 @@ class Facts:
     reason: str = ""  # a reason a family parser already knows for sure
 
 
-def _probe(name: str, f: Facts, text: str) -> bool:  # noqa: PLR0911, PLR0912 - a decision table
+# Wording of specific MTAs (Exchange, qmail, Exim, OpenSMTPD, Domino, Gmail, Office 365,
+# DragonFly, au/EZweb ...) whose meaning their authors documented. Like Sisimai's
+# per-MTA decoder tables, these decide the reason before the generic phrase lists.
+_FAMILY: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(rx, re.I))
+    for name, rx in (
+        (
+            "userunknown",
+            r"recipient name is not recognized|recipient not found by smtp address|"
+            r"not listed in (?:domino directory|public name & address book)|"
+            r"invalid final delivery userid|mailbox not found|"
+            r"the email address wasn.t found at the destination",
+        ),
+        (
+            "notaccept",
+            r"an mx or srv record indicated no smtp service|"
+            r"couldn't find a mail exchanger|no mx found for domain",
+        ),
+        (
+            "networkerror",
+            r"network error on destination mxs|dns query failed|"
+            r"wasn't able to establish an smtp connection",
+        ),
+        ("hostunknown", r"dns lookup failure: host \S+ not found|^no such domain"),
+        ("blocked", r"my name was rejected"),
+        (
+            "systemerror",
+            r"unable to contact ldap server|"
+            r"unable to deliver message after multiple retries|"
+            r"queue file write error|insufficient permission",
+        ),
+        ("suspend", r"account is disabled"),
+        ("syntaxerror", r"malformed address"),
+        (
+            "expired",
+            r"retry timeout exceeded|could not deliver for the last|envelope expired|"
+            r"delivery failed \d+ attempts|message expired|"
+            r"did not accept our requests to connect|not delivered within|"
+            r"delivery time expired",
+        ),
+    )
+)
+
+
+def family_reason(diagnostic: str) -> str:
+    text = " ".join(diagnostic.split())
+    for name, rx in _FAMILY:
+        if rx.search(text):
+            return name
+    return ""
+
+
+def _probe(name: str, f: Facts, text: str) -> bool:
     """Sisimai's per-reason ProbesInto(): status code and text together."""
     named = status_reason(f.status)
     if name == "userunknown":
         if named == "userunknown":
             others = ("norelaying", "blocked", "mailboxfull", "hasmoved", "rejected", "notaccept")
             return not any(included_in(o, text) for o in others)
-        # Without a quoted command, an unknown-user answer almost always came at RCPT.
-        return f.command in ("RCPT", "") and included_in("userunknown", text)
+        return f.command == "RCPT" and included_in("userunknown", text)
     if name == "filtered":
         if named == "filtered":
             return included_in("userunknown", text) or included_in("filtered", text)
@@ -155,14 +293,47 @@ def _probe(name: str, f: Facts, text: str) -> bool:  # noqa: PLR0911, PLR0912 - 
     return named == name or included_in(name, text)
 
 
-_ORDER_PROBE = ("mailboxfull", "mesgtoobig", "exceedlimit", "suspend", "hasmoved", "norelaying",
-                "authfailure", "userunknown", "filtered", "requireptr", "notcompliantrfc",
-                "badreputation", "contenterror", "rejected", "hostunknown", "spamdetected",
-                "speeding", "toomanyconn", "blocked")
-_ORDER_TEXT = ("mailboxfull", "authfailure", "badreputation", "speeding", "spamdetected",
-               "virusdetected", "policyviolation", "norelaying", "systemerror", "networkerror",
-               "suspend", "contenterror", "systemfull", "notaccept", "expired",
-               "failedstarttls", "securityerror", "mailererror")
+_ORDER_PROBE = (
+    "mailboxfull",
+    "mesgtoobig",
+    "exceedlimit",
+    "suspend",
+    "hasmoved",
+    "norelaying",
+    "authfailure",
+    "userunknown",
+    "filtered",
+    "requireptr",
+    "notcompliantrfc",
+    "badreputation",
+    "contenterror",
+    "rejected",
+    "hostunknown",
+    "spamdetected",
+    "speeding",
+    "toomanyconn",
+    "blocked",
+)
+_ORDER_TEXT = (
+    "mailboxfull",
+    "authfailure",
+    "badreputation",
+    "speeding",
+    "spamdetected",
+    "virusdetected",
+    "policyviolation",
+    "norelaying",
+    "systemerror",
+    "networkerror",
+    "suspend",
+    "contenterror",
+    "systemfull",
+    "notaccept",
+    "expired",
+    "failedstarttls",
+    "securityerror",
+    "mailererror",
+)
 
 
 def _another(f: Facts, text: str) -> str:
@@ -180,7 +351,9 @@ def _another(f: Facts, text: str) -> str:
             return "securityerror"
         if f.diagnostic_type.startswith("X-UNIX"):
             return "mailererror"
-        if f.reply_code.isdigit() and (400 < int(f.reply_code) < 408 or 500 < int(f.reply_code) < 508):
+        if f.reply_code.isdigit() and (
+            400 < int(f.reply_code) < 408 or 500 < int(f.reply_code) < 508
+        ):
             return "syntaxerror"
         if f.action in ("delayed", "expired"):
             return "expired"
@@ -192,6 +365,9 @@ def _another(f: Facts, text: str) -> str:
 def classify(f: Facts) -> str:
     if f.reason and f.reason not in RETRY:
         return f.reason
+    family = family_reason(f.diagnostic)
+    if family:
+        return family
     if f.status.startswith("2."):
         return "delivered"
     text = " ".join(f.diagnostic.lower().split())

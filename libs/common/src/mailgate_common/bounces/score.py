@@ -1,6 +1,6 @@
 """Score parse_bounce() against a corpus with an expectations.jsonl (see its README).
 
-    uv run python -m mailgate_common.bounces.score tests/data/bounces/sisimai
+uv run python -m mailgate_common.bounces.score tests/data/bounces/sisimai
 """
 
 from __future__ import annotations
@@ -65,8 +65,11 @@ def _folder(path: str) -> str:
 
 
 def score_corpus(root: Path) -> CorpusScore:
-    rows = [json.loads(line) for line in (root / "expectations.jsonl").read_text().splitlines()
-            if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in (root / "expectations.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     by_file: dict[str, list[dict[str, object]]] = defaultdict(list)
     for row in rows:
         by_file[str(row["file"])].append(row)
@@ -120,18 +123,42 @@ def score_corpus(root: Path) -> CorpusScore:
 
 
 def format_table(result: CorpusScore) -> str:
-    head = ("folder", "files", "detection", "recipient", "status", "reason",
-            "false-pos", "complaints", "auto-replies", "delivered")
+    head = (
+        "folder",
+        "files",
+        "detection",
+        "recipient",
+        "status",
+        "reason",
+        "false-pos",
+        "complaints",
+        "auto-replies",
+        "delivered",
+    )
     rows = [head]
     for folder, s in result.folders.items():
-        rows.append((folder, str(s.files), str(s.detection), str(s.recipient), str(s.status),
-                     str(s.reason), str(s.false_positives), str(s.complaints),
-                     str(s.autoreplies), str(s.delivered)))
+        rows.append(
+            (
+                folder,
+                str(s.files),
+                str(s.detection),
+                str(s.recipient),
+                str(s.status),
+                str(s.reason),
+                str(s.false_positives),
+                str(s.complaints),
+                str(s.autoreplies),
+                str(s.delivered),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
-             for r in rows]
-    lines.append(f"{result.messages} messages in {result.seconds:.2f}s = "
-                 f"{result.per_second:.0f} messages/second")
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
+    lines.append(
+        f"{result.messages} messages in {result.seconds:.2f}s = "
+        f"{result.per_second:.0f} messages/second"
+    )
     return "\n".join(lines)
 
 

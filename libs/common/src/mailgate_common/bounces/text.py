@@ -24,12 +24,15 @@ _ORIGINAL_MARKERS = re.compile(
     r"the original message (?:headers? )?(?:follows?|is attached)[^\n]*:?|"
     r"(?:returned|original) mail follows:?|message headers? follows?\.?|"
     r"your message reads[^\n]*|content-type: (?:message/rfc822|text/rfc822-headers)"
-    r")[ \t]*$")
+    r")[ \t]*$"
+)
 _HEADER_START = re.compile(
-    r"(?m)^(?:Return-Path|Received|DKIM-Signature|Message-I[Dd]|X-Received|ARC-Seal)[ \t]*:")
+    r"(?m)^(?:Return-Path|Received|DKIM-Signature|Message-I[Dd]|X-Received|ARC-Seal)[ \t]*:"
+)
 
 _NOT_RECIPIENT_LOCAL = re.compile(
-    r"(?i)^(?:mailer-daemon|mail-daemon|maildaemon|mdaemon|double-bounce)$")
+    r"(?i)^(?:mailer-daemon|mail-daemon|maildaemon|mdaemon|double-bounce)$"
+)
 # Addresses quoted in these contexts belong to the sender or a server, not a recipient.
 _SENDER_CONTEXT = re.compile(
     r"(?i)(?:mail from|envelope-from|return-path|reply-to|sender(?: address)?|from)\s*[:=]?\s*<?$"
@@ -37,7 +40,8 @@ _SENDER_CONTEXT = re.compile(
 _RECIPIENT_PREFIX = re.compile(
     r"(?i)(?:rcpt to|recipient(?:s)?|original-recipient|final-recipient|failed recipient|"
     r"deliver(?:y|ed|ing)? to|sent to|addressed to|to|for|address|user|mailbox)\s*[:=]?\s*"
-    r"(?:rfc822;)?\s*[<\"(]?$")
+    r"(?:rfc822;)?\s*[<\"(]?$"
+)
 
 
 @dataclass
@@ -54,7 +58,7 @@ def split_notice(text: str) -> tuple[str, str]:
     if m:
         cut = m.start()
     h = _HEADER_START.search(text)
-    if h and h.start() < cut and _is_header_block(text[h.start():]):
+    if h and h.start() < cut and _is_header_block(text[h.start() :]):
         cut = h.start()
     return text[:cut], text[cut:]
 
@@ -65,8 +69,8 @@ def _is_header_block(text: str) -> bool:
 
 
 def _score(line: str, start: int, end: int) -> int:
-    before = line[:start].rstrip("<\"( \t")
-    after = line[end:].lstrip(">\") \t")
+    before = line[:start].rstrip('<"( \t')
+    after = line[end:].lstrip('>") \t')
     if _SENDER_CONTEXT.search(line[:start]):
         return -1
     if re.search(r"(?i)(?:mail from|envelope-from)\s*:?\s*<?$", line[:start]):
@@ -75,7 +79,7 @@ def _score(line: str, start: int, end: int) -> int:
         return 3  # the address starts the line: the classic list of failed recipients
     if _RECIPIENT_PREFIX.search(line[:start]):
         return 3
-    if not after or after[:1] in (":", ".") :
+    if not after or after[:1] in (":", "."):
         return 2
     return 1
 

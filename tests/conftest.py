@@ -1,0 +1,68 @@
+"""Session-wide real servers: PostgreSQL database, RabbitMQ vhost, an SMTP sink,
+a webhook receiver and the mailgate services, started once per test run."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.smtp_sink import SmtpSink
+from tests.support.stack import Stack, free_port
+from tests.support.webhook_receiver import WebhookReceiver
+
+
+@pytest.fixture(scope="session")
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink(free_port())
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="session")
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver(free_port())
+    receiver.start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, webhook_receiver: WebhookReceiver) -> Iterator[Stack]:
+    stack = Stack(tmp_path_factory.mktemp("stack"))
+    stack.create()
+    try:
+        stack.start_default()
+        httpx.post(f"{stack.api_url}/v1/settings", json={"webhooks": webhook_receiver.url}).raise_for_status()
+        yield stack
+    finally:
+        stack.keep_logs(Path("var/test-logs"))
+        stack.destroy()
+
+
+@pytest.fixture
+def api(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.api_url, timeout=15) as client:
+        yield client
+
+
+@pytest.fixture
+def account(api: httpx.Client, smtp_sink: SmtpSink) -> str:
+    """A fresh send-only account whose SMTP server is the sink."""
+    account_id = f"acct-{uuid.uuid4().hex[:10]}"
+    body: dict[str, Any] = {
+        "account": account_id,
+        "name": "Test Sender",
+        "email": f"{account_id}@sender.test",
+        "imap": False,
+        "smtp": {"host": "127.0.0.1", "port": smtp_sink.port, "secure": False,
+                 "auth": {"user": account_id, "pass": "smtp-password"}},
+    }
+    response = api.post("/v1/account", json=body)
+    assert response.status_code == 200, response.text
+    return account_id

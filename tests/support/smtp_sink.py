@@ -1,0 +1,105 @@
+"""A real SMTP server (aiosmtpd) to deliver to, with scripted answers per address.
+
+    bounce-*@…   -> 550 5.1.1 at RCPT (permanent)
+    defer-*@…    -> 451 4.7.1 at RCPT, always (temporary)
+    deferN-*@…   -> 451 4.3.0 the first N times that address is offered, then accepted
+    slow-*@…     -> accepted after a 2 s pause at DATA
+Everything else is accepted and kept in ``messages``.  AUTH PLAIN/LOGIN
+is offered; any user with password ``smtp-password`` gets in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+PASSWORD = b"smtp-password"
+
+
+def _authenticate(server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                  auth_data: object) -> AuthResult:
+    ok = isinstance(auth_data, LoginPassword) and auth_data.password == PASSWORD
+    return AuthResult(success=ok)
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    at: float
+
+    @property
+    def message(self) -> EmailMessage:
+        parsed = message_from_bytes(self.data, policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+@dataclass
+class SinkHandler:
+    messages: list[Received] = field(default_factory=list)
+    offered: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        local = address.split("@", 1)[0].lower()
+        with self.lock:
+            self.offered[address.lower()] += 1
+            seen = self.offered[address.lower()]
+        if local.startswith("bounce-"):
+            return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+        if local.startswith("defer-"):
+            return "451 4.7.1 <%s>: Try again later" % address
+        found = re.match(r"defer(\d+)-", local)
+        if found and seen <= int(found.group(1)):
+            return "451 4.3.0 <%s>: Temporary failure %d" % (address, seen)
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if any(r.split("@")[0].lower().startswith("slow-") for r in envelope.rcpt_tos):
+            await asyncio.sleep(2)
+        data = envelope.original_content or envelope.content or b""
+        assert isinstance(data, bytes)
+        with self.lock:
+            self.messages.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), data, time.time()))
+            number = len(self.messages)
+        return f"250 2.0.0 Ok: queued as SINK{number}"
+
+
+class SmtpSink:
+    def __init__(self, port: int) -> None:
+        self.handler = SinkHandler()
+        self.port = port
+        self.controller = Controller(
+            self.handler, hostname="127.0.0.1", port=port, decode_data=False,
+            data_size_limit=50 * 1024 * 1024,
+            authenticator=_authenticate, auth_require_tls=False,
+        )
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def to(self, address: str) -> list[Received]:
+        with self.handler.lock:
+            return [m for m in self.handler.messages if address.lower() in (r.lower() for r in m.rcpt_tos)]
+
+    def with_header(self, name: str, value: str) -> list[Received]:
+        with self.handler.lock:
+            messages = list(self.handler.messages)
+        return [m for m in messages if str(m.message.get(name, "")).strip() == value]
