@@ -179,3 +179,16 @@ class WebhookAttempt(Base):
     response_excerpt: Mapped[str | None]
     duration_ms: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime]
+
+
+class ApiToken(Base):
+    """An API/SMTP access token; only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(primary_key=True)  # sha256 hex of the token
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    description: Mapped[str | None]
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    last_used_at: Mapped[datetime | None]

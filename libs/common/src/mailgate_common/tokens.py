@@ -1,0 +1,84 @@
+"""API tokens: shown once, stored as SHA-256, scoped, optionally bound to one account.
+
+Scopes are EmailEngine's: ``api`` (REST), ``smtp`` (SMTP submission), ``*`` (both).
+A token with no account is an admin token for every account.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailgate_common import events
+from mailgate_common.db.models import ApiToken
+
+SCOPES = ("api", "smtp", "*")
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: str
+    account: str | None  # None: every account (admin)
+    scopes: tuple[str, ...]
+    description: str | None = None
+
+    def allows(self, scope: str, account: str | None = None) -> bool:
+        if scope not in self.scopes and "*" not in self.scopes:
+            return False
+        return self.account is None or account is None or self.account == account
+
+    @property
+    def is_admin(self) -> bool:
+        return self.account is None and ("*" in self.scopes or "api" in self.scopes)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return secrets.token_hex(32)
+
+
+async def create(
+    session: AsyncSession, account: str | None, scopes: list[str], description: str | None
+) -> str:
+    """Store a new token and return it in clear - the only time it is ever visible."""
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown or not scopes:
+        raise ValueError(f"scopes must be a non-empty subset of {SCOPES}")
+    token = new_token()
+    session.add(ApiToken(id=hash_token(token), account_id=account, description=description,
+                         scopes=list(scopes)))
+    return token
+
+
+async def verify(session: AsyncSession, token: str, admin_token: str | None = None) -> TokenInfo | None:
+    if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
+        return TokenInfo(id="admin", account=None, scopes=("*",), description="MAILGATE_ADMIN_TOKEN")
+    row = await session.get(ApiToken, hash_token(token))
+    if row is None:
+        return None
+    await session.execute(
+        update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=events.utcnow())
+    )
+    return TokenInfo(id=row.id, account=row.account_id, scopes=tuple(row.scopes),
+                     description=row.description)
+
+
+async def list_tokens(session: AsyncSession) -> list[ApiToken]:
+    return list(await session.scalars(select(ApiToken).order_by(ApiToken.created_at)))
+
+
+async def revoke(session: AsyncSession, token_or_id: str) -> bool:
+    for key in (hash_token(token_or_id), token_or_id):
+        row = await session.get(ApiToken, key)
+        if row is not None:
+            await session.delete(row)
+            return True
+    return False
