@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.dovecot import Dovecot
 from tests.support.smtp_sink import SmtpSink
 from tests.support.stack import Stack, free_port
 from tests.support.webhook_receiver import WebhookReceiver
@@ -38,7 +39,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, webhook_receiver: WebhookRec
     stack.create()
     try:
         stack.start_default()
-        httpx.post(f"{stack.api_url}/v1/settings", json={"webhooks": webhook_receiver.url}).raise_for_status()
+        httpx.post(f"{stack.api_url}/v1/settings", json={"webhooks": webhook_receiver.url},
+                   headers=stack.auth_headers).raise_for_status()
         yield stack
     finally:
         stack.keep_logs(Path("var/test-logs"))
@@ -47,7 +49,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, webhook_receiver: WebhookRec
 
 @pytest.fixture
 def api(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.api_url, timeout=15) as client:
+    with httpx.Client(base_url=stack.api_url, timeout=15, headers=stack.auth_headers) as client:
         yield client
 
 
@@ -66,3 +68,12 @@ def account(api: httpx.Client, smtp_sink: SmtpSink) -> str:
     response = api.post("/v1/account", json=body)
     assert response.status_code == 200, response.text
     return account_id
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    """A real Dovecot IMAP server with users user1..user40 (password "secret")."""
+    server = Dovecot(free_port(), free_port())
+    server.start()
+    yield server
+    server.stop()

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.support.smtp_sink import SmtpSink
 from tests.support.stack import wait_for
@@ -100,7 +100,7 @@ def test_submitted_message_arrives_intact_and_webhook_is_signed(
         hmac.new(secret.encode(), hook.body, hashlib.sha256).digest()
     ).rstrip(b"=").decode()
     assert hook.headers["x-ee-wh-signature"] == expected
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(secret).verify(hook.body.replace(b"250", b"251"), hook.headers)
 
     entry = outbox(api, queued["queueId"])

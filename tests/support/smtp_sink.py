@@ -59,12 +59,12 @@ class SinkHandler:
             self.offered[address.lower()] += 1
             seen = self.offered[address.lower()]
         if local.startswith("bounce-"):
-            return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         if local.startswith("defer-"):
-            return "451 4.7.1 <%s>: Try again later" % address
+            return f"451 4.7.1 <{address}>: Try again later"
         found = re.match(r"defer(\d+)-", local)
         if found and seen <= int(found.group(1)):
-            return "451 4.3.0 <%s>: Temporary failure %d" % (address, seen)
+            return f"451 4.3.0 <{address}>: Temporary failure {seen}"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 

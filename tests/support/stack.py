@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,12 +109,16 @@ class Stack:
         self.amqp_url = f"{AMQP_BASE}/{self.vhost}"
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
+        # Every /v1 route needs a token; tests use this preset admin token.
+        self.admin_token = "test-admin-" + uuid.uuid4().hex
+        self.auth_headers = {"Authorization": f"Bearer {self.admin_token}"}
         self.env = {
             **os.environ,
             "MAILGATE_DATABASE_URL": self.database_url,
             "MAILGATE_AMQP_URL": self.amqp_url,
             "MAILGATE_API_PORT": str(self.api_port),
             "MAILGATE_SECRET": "test-secret-" + self.run_id,
+            "MAILGATE_ADMIN_TOKEN": self.admin_token,
             "MAILGATE_DELIVERY_RETRY_BASE": "1",
             "MAILGATE_DELIVERY_RETRY_MAX": "4",
             "MAILGATE_WEBHOOK_RETRY_BASE": "0.5",

@@ -7,5 +7,6 @@ import random
 
 def backoff_delay(attempt: int, base: float, cap: float, jitter: float = 0.2) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-    delay = min(cap, base * (2 ** max(0, attempt - 1)))
-    return delay * random.uniform(1 - jitter, 1 + jitter)
+    delay: float = min(cap, base * (2.0 ** max(0, attempt - 1)))
+    factor: float = random.uniform(1 - jitter, 1 + jitter)
+    return delay * factor

@@ -20,3 +20,12 @@ def migrate() -> None:
     settings = load_settings_or_exit()
     upgrade(settings.database_url)
     click.echo("database schema is up to date")
+
+
+def _register_subcommands() -> None:
+    from mailgate_common.bounces.cli import bounce
+
+    main.add_command(bounce)
+
+
+_register_subcommands()

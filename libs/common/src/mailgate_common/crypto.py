@@ -66,14 +66,14 @@ def split_secret(connection: dict[str, Any] | None) -> tuple[dict[str, Any] | No
     """Take ``auth.pass`` (or ``auth.accessToken``) out of an IMAP/SMTP settings dict."""
     if connection is None:
         return None, None
-    public = json.loads(json.dumps(connection))
+    public: dict[str, Any] = json.loads(json.dumps(connection))
     auth = public.get("auth") or {}
     secret = auth.pop("pass", None) or auth.pop("accessToken", None)
     return public, secret
 
 
 def with_secret(connection: dict[str, Any], secret: str | None) -> dict[str, Any]:
-    merged = json.loads(json.dumps(connection))
+    merged: dict[str, Any] = json.loads(json.dumps(connection))
     if secret is not None:
         merged.setdefault("auth", {})["pass"] = secret
     return merged

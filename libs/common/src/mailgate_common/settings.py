@@ -61,6 +61,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     webhook_retry_max: PositiveFloat = 3600.0
     webhook_attempts: PositiveInt = 40
     webhooks_allow_private: bool = False
+    # Retries go on for this many seconds after the first attempt (3 days),
+    # however many attempts that takes; see docs/webhooks.md.
+    webhook_retry_window: PositiveFloat = 259200.0
+    # Delivered/failed webhook deliveries (and their attempts) older than this are pruned.
+    webhook_retention_days: PositiveFloat = 30.0
+    # Concurrent POSTs to one endpoint across all replicas (throughput limit per endpoint).
+    webhook_endpoint_concurrency: PositiveInt = 8
+    # An endpoint is backed off as a whole after this many consecutive failures
+    # spanning at least webhook_failing_after seconds.
+    webhook_failing_threshold: PositiveInt = 5
+    webhook_failing_after: float = 600.0
 
     # Bus
     bus_prefetch: PositiveInt = 32
@@ -68,6 +79,19 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     # Submissions
     max_message_size: PositiveInt = 25 * 1024 * 1024
+
+    # SMTP ingress (smtp_host/smtp_port above are where it listens)
+    # false: no AUTH needed, the X-EE-Account header picks the account (trusted networks only).
+    smtp_auth: bool = True
+    # AUTH without TLS is refused unless this is set or the client is on loopback.
+    smtp_allow_plaintext_auth: bool = False
+    # PEM files; STARTTLS is offered only when both are set.
+    smtp_tls_cert: str | None = None
+    smtp_tls_key: str | None = None
+    # Expect a PROXY protocol v1/v2 header (HAProxy, cloud load balancers) on every connection.
+    smtp_proxy_protocol: bool = False
+    # Name in the 220 greeting and EHLO reply; None means this host's FQDN.
+    smtp_hostname: str | None = None
 
 
 class SettingsError(ValueError):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uvicorn
 
+from mailgate_api.app import create_app
 from mailgate_common.settings import load_settings_or_exit
 from mailgate_common.telemetry import setup_logging, setup_tracing
-from mailgate_api.app import create_app
 
 
 def main() -> None:

@@ -104,7 +104,8 @@ def _parse(msg: Message, depth: int) -> BounceReport:
                 return nested
     if is_auto:
         # The person who is away is the recipient the auto-reply is about.
-        away = dsn.address_in(header_text(msg, "From"))
+        # (A mail system writing "auto-replied" is not a person on holiday.)
+        away = "" if _SYSTEM_FROM.search(sender) else dsn.address_in(sender)
         found = [BouncedRecipient(address=away, action="", reason="vacation")] if away else []
         return BounceReport(kind="autoreply", message_id=message_id, recipients=found)
     return BounceReport(kind="none", message_id=message_id)
@@ -159,7 +160,10 @@ def _finish(
     text_status = codes.find_status(diagnostic) or codes.find_status(context)
     status = codes.prefer(codes.clean_status(status_field), text_status, reply)
     evidence = codes.join_multiline_reply(diagnostic)
-    if len(evidence) <= 12 or "(in reply to" in context.lower():
+    truncated = re.match(r"\s*[245]\d\d-", diagnostic) is not None and "\n" not in diagnostic
+    if len(evidence) <= 12 or "(in reply to" in context.lower() or truncated:
+        # A one-line "550-..." is the first line of a multi-line reply (Sendmail keeps only
+        # that in Diagnostic-Code); the rest is in the session transcript.
         # Postfix puts "(in reply to MAIL FROM command)" only in the human-readable part.
         evidence = f"{evidence} {context}".strip()
     facts = reasons.Facts(

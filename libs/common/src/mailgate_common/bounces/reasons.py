@@ -143,6 +143,8 @@ def find_command(text: str | None) -> str:
     if not text:
         return ""
     found: list[str] = []
+    if re.search(r"(?i)refused to talk to me|after initial connection", text):
+        return "CONN"  # rejected in the greeting, before any command was sent
     if (
         re.search(
             r"(?i)does not like recipient|recipient address rejected|"
@@ -198,12 +200,14 @@ _FAMILY: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ),
         (
             "notaccept",
-            r"an mx or srv record indicated no smtp service|"
+            r"an mx or srv record indicated no smtp service|returned null mx|"
+            r"doesn't receive email according to the administrator|"
             r"couldn't find a mail exchanger|no mx found for domain",
         ),
         (
             "networkerror",
             r"network error on destination mxs|dns query failed|"
+            r"lookup of \S+ (?:responded with code nxdomain|had no relevant answers)|"
             r"wasn't able to establish an smtp connection",
         ),
         ("hostunknown", r"dns lookup failure: host \S+ not found|^no such domain"),
@@ -221,7 +225,7 @@ _FAMILY: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
             r"retry timeout exceeded|could not deliver for the last|envelope expired|"
             r"delivery failed \d+ attempts|message expired|"
             r"did not accept our requests to connect|not delivered within|"
-            r"delivery time expired",
+            r"delivery time expired|host not reachable|could not find a gateway for",
         ),
     )
 )
@@ -357,7 +361,7 @@ def _another(f: Facts, text: str) -> str:
             return "syntaxerror"
         if f.action in ("delayed", "expired"):
             return "expired"
-        if f.command in ("EHLO", "HELO"):
+        if f.command in ("EHLO", "HELO", "CONN"):
             return "blocked"
     return named
 

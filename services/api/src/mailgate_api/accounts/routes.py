@@ -3,9 +3,6 @@ from __future__ import annotations
 from litestar import Controller, delete, get, post, put
 from litestar.params import Parameter
 
-from mailgate_common import events
-from mailgate_common.db.models import Account
-from mailgate_common.event_relay import stage
 from mailgate_api.accounts import service
 from mailgate_api.accounts.schemas import (
     AccountCreate,
@@ -19,6 +16,9 @@ from mailgate_api.accounts.schemas import (
 from mailgate_api.deps import Resources
 from mailgate_api.errors import ApiError
 from mailgate_api.pagination import Page, PageSize, pages
+from mailgate_common import events
+from mailgate_common.db.models import Account
+from mailgate_common.event_relay import stage
 
 
 class AccountController(Controller):

@@ -9,10 +9,6 @@ import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailgate_common import events
-from mailgate_common.crypto import Sealer, split_secret
-from mailgate_common.db.models import Account
-from mailgate_common.mime import InvalidMessage, normalize_address
 from mailgate_api.accounts.schemas import (
     AccountCreate,
     AccountUpdate,
@@ -20,6 +16,10 @@ from mailgate_api.accounts.schemas import (
     ServerSettings,
 )
 from mailgate_api.errors import ApiError, not_found
+from mailgate_common import events
+from mailgate_common.crypto import Sealer, split_secret
+from mailgate_common.db.models import Account
+from mailgate_common.mime import InvalidMessage, normalize_address
 
 
 def _drop_none(value: Any) -> Any:

@@ -3,10 +3,10 @@ from __future__ import annotations
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailgate_common import events, lifecycle
-from mailgate_common.db.models import DeliveryAttempt, OutboxMessage
 from mailgate_api.errors import ApiError, not_found
 from mailgate_api.outbox.schemas import AttemptView, EnvelopeView, OutboxEntry
+from mailgate_common import events, lifecycle
+from mailgate_common.db.models import DeliveryAttempt, OutboxMessage
 
 PENDING = (lifecycle.QUEUED, lifecycle.DEFERRED, lifecycle.SENDING)
 

@@ -1,0 +1,33 @@
+# mailgate — the two commands a newcomer needs:
+#   make run    set up everything on this machine and start every service
+#   make test   run the whole test suite against real servers
+SHELL := /bin/bash
+UV ?= uv
+PYTEST_ARGS ?=
+
+.PHONY: run test setup setup-test lint bounce-score validate-deploy bench clean
+
+run: setup
+	@scripts/run-all.sh
+
+setup:
+	@scripts/bootstrap.sh
+
+setup-test:
+	@scripts/bootstrap.sh --test
+
+test: setup-test
+	$(UV) run --frozen pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint:
+	$(UV) run --frozen ruff check libs services tests
+	$(UV) run --frozen mypy --strict libs/common/src/mailgate_common
+
+bounce-score:
+	$(UV) run --frozen python -m mailgate_common.bounces.score tests/data/bounces/sisimai
+
+validate-deploy:
+	bash deploy/validate.sh
+
+clean:
+	rm -rf .venv var .tools .pytest_cache .mypy_cache .ruff_cache
