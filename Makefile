@@ -26,6 +26,10 @@ lint:
 bounce-score:
 	$(UV) run --frozen python -m mailgate_common.bounces.score tests/data/bounces/sisimai
 
+bench:
+	@scripts/bootstrap.sh --bench
+	$(UV) run --frozen python -m bench.run
+
 validate-deploy:
 	bash deploy/validate.sh
 

@@ -3,12 +3,15 @@
 # system packages, PostgreSQL and RabbitMQ up, the Python environment, the schema.
 #   scripts/bootstrap.sh            # for `make run`
 #   scripts/bootstrap.sh --test     # also the real peers the tests talk to
+#   scripts/bootstrap.sh --bench    # and the load generators of `make bench`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p var
 
 WANT_TEST=0
+WANT_BENCH=0
 [[ "${1:-}" == "--test" ]] && WANT_TEST=1
+[[ "${1:-}" == "--bench" ]] && WANT_TEST=1 && WANT_BENCH=1
 
 log() { printf '\033[1;34m[bootstrap]\033[0m %s\n' "$*"; }
 die() { printf '\033[1;31m[bootstrap]\033[0m %s\n' "$*" >&2; exit 1; }
@@ -20,6 +23,7 @@ if (( WANT_TEST )); then
   # swaks + libnet-ssleay-perl: a real SMTP client with STARTTLS.
   packages+=(dovecot-imapd dovecot-lmtpd postfix swaks libnet-ssleay-perl)
 fi
+(( WANT_BENCH )) && packages+=(wrk)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -4,6 +4,8 @@
     defer-*@…    -> 451 4.7.1 at RCPT, always (temporary)
     deferN-*@…   -> 451 4.3.0 the first N times that address is offered, then accepted
     slow-*@…     -> accepted after a 2 s pause at DATA
+    slowrcpt-*@… -> accepted after a 3 s pause at RCPT (a client killed meanwhile
+                    has not handed over the message yet)
 Everything else is accepted and kept in ``messages``.  AUTH PLAIN/LOGIN
 is offered; any user with password ``smtp-password`` gets in.
 """
@@ -58,6 +60,8 @@ class SinkHandler:
         with self.lock:
             self.offered[address.lower()] += 1
             seen = self.offered[address.lower()]
+        if local.startswith("slowrcpt-"):
+            await asyncio.sleep(3)
         if local.startswith("bounce-"):
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         if local.startswith("defer-"):

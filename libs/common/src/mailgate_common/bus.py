@@ -22,12 +22,14 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
+from opentelemetry import trace
 from prometheus_client import Counter
 
 from mailgate_common import events, topology
-from mailgate_common.telemetry import current_traceparent
+from mailgate_common.telemetry import context_from_traceparent, current_traceparent
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("mailgate.bus")
 
 RETRIES_HEADER = "x-mailgate-retries"
 ERROR_HEADER = "x-mailgate-error"
@@ -121,7 +123,12 @@ class Bus:
             await self._dead_letter(queue, message, f"undecodable: {exc}")
             return
         try:
-            await handler(event)
+            with tracer.start_as_current_span(
+                f"handle {event.routing_key}",
+                context=context_from_traceparent(event.traceparent),
+                attributes={"messaging.destination": queue.name, "mailgate.event_id": event.id},
+            ):
+                await handler(event)
         except asyncio.CancelledError:
             # Shutting down mid-handler: hand the message back untouched.
             await message.nack(requeue=True)

@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
+from mailgate_common.telemetry import current_traceparent
+
 SCHEMA_VERSION = 1
 
 
@@ -47,8 +49,9 @@ class Event(msgspec.Struct, kw_only=True, frozen=True, tag_field="type"):
     id: str = msgspec.field(default_factory=new_event_id)
     occurred_at: datetime = msgspec.field(default_factory=utcnow)
     account: str | None = None
-    # W3C trace context of the operation that caused the event.
-    traceparent: str | None = None
+    # W3C trace context of the operation that caused the event, so one trace
+    # follows a message from submit to SMTP to webhook.
+    traceparent: str | None = msgspec.field(default_factory=current_traceparent)
 
     # EmailEngine webhook event name, or None when subscribers never see it.
     webhook_event: ClassVar[str | None] = None

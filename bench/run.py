@@ -1,0 +1,58 @@
+"""`make bench`: start the services and real peers, run each scenario for a bounded
+time, write bench/results/latest.md and latest.png.
+
+    uv run python -m bench.run [scenario ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import traceback
+from pathlib import Path
+
+from bench.context import Bench, Row, dump_json, machine_facts, new_stack
+from bench.report import write_report
+from bench.scenarios import bounce_parsing, drain, end_to_end, rest_submit
+
+SCENARIOS = {
+    "bounce": bounce_parsing.run,
+    "rest": rest_submit.run,
+    "drain": drain.run,
+    "e2e": end_to_end.run,
+}
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS), choices=list(SCENARIOS))
+    args = parser.parse_args()
+    started = time.time()
+    stack = new_stack()
+    try:
+        stack.start_default()
+        bench = Bench(stack, stack.env.get("MAILGATE_ADMIN_TOKEN"))
+        failures: list[str] = []
+        for name in args.scenarios:
+            print(f"== {name}", flush=True)
+            try:
+                SCENARIOS[name](bench)
+            except Exception:
+                failures.append(name)
+                traceback.print_exc()
+        RESULTS.mkdir(exist_ok=True)
+        dump_json(RESULTS / "latest.json", bench.rows)
+        write_report(RESULTS, bench.rows, bench.commands, machine_facts(), time.time() - started, failures)
+        print(f"wrote {RESULTS / 'latest.md'} in {time.time() - started:.0f} s")
+        if failures:
+            raise SystemExit(f"scenarios failed: {', '.join(failures)}")
+    finally:
+        stack.destroy()
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["Row", "main"]
