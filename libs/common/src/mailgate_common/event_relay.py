@@ -37,6 +37,17 @@ class EventRelay:
         self._db = db
         self._bus = bus
         self._stale_after = stale_after
+        # Published events whose rows are deleted in batches: one statement per
+        # tick instead of one transaction per event.
+        self._published: set[str] = set()
+
+    async def publish_hint(self, event: events.Event) -> None:
+        """Publish an event the database can do without (the row it describes is
+        found again by polling), so losing it costs latency, never data."""
+        try:
+            await self._bus.publish(event)
+        except Exception as exc:
+            log.warning("could not publish %s (pollers will find the work): %r", event.routing_key, exc)
 
     async def publish_committed(self, committed: Sequence[events.Event]) -> None:
         """Publish events whose transaction committed; leftovers go to the relay loop."""
@@ -48,25 +59,33 @@ class EventRelay:
         except Exception as exc:
             log.warning("publish failed, relay will retry: %r", exc)
             return
+        self._published.update(e.id for e in committed)
+
+    async def forget_published(self) -> None:
+        """Delete the rows of events already published; a crash before this only
+        means they are published once more, which consumers tolerate."""
+        if not self._published:
+            return
+        ids = list(self._published)
+        self._published.difference_update(ids)
         try:
             async with self._db.transaction() as session:
-                await session.execute(
-                    delete(PendingEvent).where(PendingEvent.id.in_([e.id for e in committed]))
-                )
+                await session.execute(delete(PendingEvent).where(PendingEvent.id.in_(ids)))
         except Exception as exc:
-            # Already published; the relay may publish once more, which is harmless.
+            self._published.update(ids)
             log.warning("could not clear published events: %r", exc)
 
     async def relay_once(self, batch: int = 200) -> int:
         """Publish events left behind by a crash or an outage; returns how many."""
+        stale = [PendingEvent.created_at < events.utcnow() - timedelta(seconds=self._stale_after)]
+        if self._published:
+            # Published moments ago by us, only not yet forgotten.
+            stale.append(PendingEvent.id.not_in(list(self._published)))
         async with self._db.transaction() as session:
             rows = (
                 await session.scalars(
                     select(PendingEvent)
-                    .where(
-                        PendingEvent.created_at
-                        < events.utcnow() - timedelta(seconds=self._stale_after)
-                    )
+                    .where(*stale)
                     .order_by(PendingEvent.created_at)
                     .limit(batch)
                     .with_for_update(skip_locked=True)
@@ -77,13 +96,19 @@ class EventRelay:
                 await session.delete(row)
         return len(rows)
 
-    async def run(self, interval: float = 2.0) -> None:
+    async def run(self, interval: float = 2.0, flush_interval: float = 0.2) -> None:
+        next_relay = 0.0
+        loop = asyncio.get_running_loop()
         while True:
             try:
-                while await self.relay_once() > 0:
-                    pass
+                await self.forget_published()
+                if loop.time() >= next_relay:
+                    next_relay = loop.time() + interval
+                    while await self.relay_once() > 0:
+                        pass
             except asyncio.CancelledError:
+                await self.forget_published()
                 raise
             except Exception as exc:
                 log.warning("event relay: %r", exc)
-            await asyncio.sleep(interval)
+            await asyncio.sleep(flush_interval)

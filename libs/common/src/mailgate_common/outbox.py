@@ -1,8 +1,10 @@
 """Putting a message into the outbox: the one queuing path for every door.
 
-``enqueue`` commits the outbox row and its ``submission.queued`` event in one
-transaction and only then returns, so a caller that answers "queued" after it
-never lies.  An idempotency key makes a retried submit return the first answer.
+``enqueue`` commits the outbox row and only then returns, so a caller that
+answers "queued" after it never lies.  The ``submission.queued`` event that
+follows is only a wake-up call for the sender: the sender's poller finds every
+due row by itself, so the event needs no transactional outbox.  An idempotency
+key makes a retried submit return the first answer.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from mailgate_common import events
 from mailgate_common.db import Database
 from mailgate_common.db.models import OutboxMessage
-from mailgate_common.event_relay import EventRelay, stage
+from mailgate_common.event_relay import EventRelay
 from mailgate_common.lifecycle import QUEUED
 
 
@@ -103,7 +105,6 @@ async def enqueue(db: Database, relay: EventRelay, msg: NewMessage) -> Queued:
                     copy=msg.copy,
                 )
             )
-            stage(session, event)
     except IntegrityError:
         # Two submits with one key raced; the loser answers what the winner stored.
         if msg.idempotency_key:
@@ -111,7 +112,7 @@ async def enqueue(db: Database, relay: EventRelay, msg: NewMessage) -> Queued:
             if existing is not None:
                 return existing
         raise
-    await relay.publish_committed([event])
+    await relay.publish_hint(event)
     return Queued(queue_id=queue_id, message_id=msg.message_id, send_at=msg.send_at)
 
 

@@ -73,6 +73,22 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
+class GracefulServer(uvicorn.Server):
+    """uvicorn as the main server: SIGTERM/SIGINT drain connections, then exit 0
+    (stock uvicorn re-raises the signal afterwards, which reads as a crash)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
 def run(name: str, settings: Settings, service: Service) -> None:
     setup_logging(settings, name)
     setup_tracing(name)

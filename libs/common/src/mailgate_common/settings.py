@@ -25,6 +25,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # Key material for credentials at rest; the default is for local development only.
     secret: str = "mailgate-development-secret-change-me"
+    # During a secret rotation: the old MAILGATE_SECRET, still accepted for reading.
+    secret_previous: str | None = None
     admin_token: str | None = None
 
     api_host: str = "127.0.0.1"
@@ -92,6 +94,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     smtp_proxy_protocol: bool = False
     # Name in the 220 greeting and EHLO reply; None means this host's FQDN.
     smtp_hostname: str | None = None
+    # Wait before each AUTH from an address with recent failures: this, doubled per failure.
+    smtp_auth_failure_delay: PositiveFloat = 0.5
 
 
 class SettingsError(ValueError):

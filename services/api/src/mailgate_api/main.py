@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uvicorn
+import uvloop
 
 from mailgate_api.app import create_app
+from mailgate_common.runtime import GracefulServer
 from mailgate_common.settings import load_settings_or_exit
 from mailgate_common.telemetry import setup_logging, setup_tracing
 
@@ -13,7 +15,7 @@ def main() -> None:
     settings = load_settings_or_exit()
     setup_logging(settings, "api")
     setup_tracing("api")
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.api_host,
         port=settings.api_port,
@@ -23,3 +25,4 @@ def main() -> None:
         access_log=False,
         timeout_graceful_shutdown=20,
     )
+    uvloop.run(GracefulServer(config).serve())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -50,7 +51,7 @@ CLAIM_DUE_SQL = text(
         ORDER BY next_attempt_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED)
-    RETURNING id
+    RETURNING outbox.*
     """
 )
 RECLAIM_SQL = text(
@@ -62,15 +63,17 @@ RECLAIM_SQL = text(
         WHERE state = 'sending' AND claimed_until < now()
         LIMIT :limit
         FOR UPDATE SKIP LOCKED)
-    RETURNING id
+    RETURNING outbox.*
     """
 )
+ACCOUNT_TTL = 5.0  # seconds an account's SMTP settings are reused before re-reading
 
 
 @dataclass(frozen=True)
 class Claim:
     queue_id: str
     token: str
+    row: OutboxMessage
 
 
 class Deliverer:
@@ -78,8 +81,9 @@ class Deliverer:
         self.settings = settings
         self.db = db
         self.relay = relay
-        self.pool = SmtpPool(settings.smtp_timeout)
-        self.sealer = Sealer(settings.secret)
+        self.pool = SmtpPool(settings.smtp_timeout, settings.sender_concurrency)
+        self.sealer = Sealer(settings.secret, tuple(filter(None, [settings.secret_previous])))
+        self._accounts: dict[str, tuple[float, Account | None]] = {}
 
     # --- claiming ---------------------------------------------------------
 
@@ -99,31 +103,40 @@ class Deliverer:
                     claim_token=token,
                     claimed_until=events.utcnow() + timedelta(seconds=self.settings.sender_claim_timeout),
                 )
-                .returning(OutboxMessage.id)
+                .returning(OutboxMessage)
             )
-            claimed = result.scalar_one_or_none()
-        return Claim(queue_id, token) if claimed else None
+            row = result.scalar_one_or_none()
+        return Claim(queue_id, token, row) if row is not None else None
 
     async def claim_due(self, limit: int) -> list[Claim]:
         """Claim due messages, and take over ones whose claimant stopped renewing."""
         token = secrets.token_hex(8)
         params = {"token": token, "hold": self.settings.sender_claim_timeout, "limit": limit}
+        columns = CLAIM_DUE_SQL.columns(*OutboxMessage.__table__.c)
         async with self.db.transaction() as session:
-            ids = list((await session.execute(CLAIM_DUE_SQL, params)).scalars())
-            if len(ids) < limit:
-                params["limit"] = limit - len(ids)
-                ids += list((await session.execute(RECLAIM_SQL, params)).scalars())
-        return [Claim(queue_id, token) for queue_id in ids]
+            rows = list(await session.scalars(select(OutboxMessage).from_statement(columns), params))
+            if len(rows) < limit:
+                params["limit"] = limit - len(rows)
+                reclaim = RECLAIM_SQL.columns(*OutboxMessage.__table__.c)
+                rows += list(await session.scalars(select(OutboxMessage).from_statement(reclaim), params))
+        return [Claim(row.id, token, row) for row in rows]
+
+    async def _account(self, account_id: str) -> Account | None:
+        now = time.monotonic()
+        cached = self._accounts.get(account_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self.db.sessions() as session:
+            account = await session.get(Account, account_id)
+        self._accounts[account_id] = (now + ACCOUNT_TTL, account)
+        return account
 
     # --- delivering -------------------------------------------------------
 
     async def deliver(self, claim: Claim) -> None:
         started = events.utcnow()
-        async with self.db.sessions() as session:
-            row = await session.get(OutboxMessage, claim.queue_id)
-            account = await session.get(Account, row.account_id) if row else None
-        if row is None or row.claim_token != claim.token:
-            return
+        row = claim.row
+        account = await self._account(row.account_id)
         QUEUE_LAG.observe(max(0.0, (started - row.next_attempt_at).total_seconds()))
         server: SmtpServer | None = None
         if account is None or not account.smtp:
@@ -168,7 +181,8 @@ class Deliverer:
                     envelope=envelope,
                 )
             )
-            if account is not None and account.imap and (row.copy if row.copy is not None else account.copy) is not False:
+            copy = row.copy if row.copy is not None else account.copy if account else None
+            if account is not None and account.imap and copy is not False:
                 staged.append(events.ImapAppendSent(account=row.account_id, queue_id=row.id))
         else:
             retry = outcome.kind == "temporary" and attempt < row.max_attempts
@@ -255,11 +269,6 @@ class Deliverer:
 
     async def close(self) -> None:
         self.pool.close()
-
-    async def pending_exists(self, queue_id: str) -> bool:
-        async with self.db.sessions() as session:
-            state = await session.scalar(select(OutboxMessage.state).where(OutboxMessage.id == queue_id))
-        return state is not None and state not in lifecycle.FINAL_STATES
 
 
 def _attempt_error(outcome: Outcome) -> str | None:

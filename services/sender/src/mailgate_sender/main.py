@@ -34,6 +34,7 @@ class SenderService:
         self.tasks: set[asyncio.Task[None]] = set()
         self.loops: list[asyncio.Task[None]] = []
         self.stopping = False
+        self.busy = 0
 
     async def start(self) -> None:
         await self.bus.connect()
@@ -52,17 +53,23 @@ class SenderService:
         if event.send_at > events.utcnow():
             return  # scheduled: the poller sends it when due
         async with self.slots:
-            claim = await self.deliverer.claim(event.queue_id)
-            if claim is not None:
-                await self.deliverer.deliver(claim)
+            self.busy += 1
+            try:
+                claim = await self.deliverer.claim(event.queue_id)
+                if claim is not None:
+                    await self.deliverer.deliver(claim)
+            finally:
+                self.busy -= 1
 
     async def poll_due(self) -> None:
         while not self.stopping:
             try:
-                free = self.slots._value  # claim only what we can start now
+                # Claim only what can start now; claimed rows wait for nobody.
+                free = self.settings.sender_concurrency - self.busy
                 claims = await self.deliverer.claim_due(free) if free > 0 else []
                 for claim in claims:
                     await self.slots.acquire()
+                    self.busy += 1
                     task = asyncio.create_task(self._deliver(claim))
                     self.tasks.add(task)
                     task.add_done_callback(self.tasks.discard)
@@ -81,6 +88,7 @@ class SenderService:
             # The claim lapses and the poller retries the message later.
             log.exception("delivery of %s crashed", claim.queue_id)
         finally:
+            self.busy -= 1
             self.slots.release()
 
     async def stop(self) -> None:

@@ -12,7 +12,6 @@ import aiosmtplib
 from mailgate_sender.outcome import Outcome, classify_exception, classify_reply
 
 IDLE_SECONDS = 30.0
-MAX_IDLE_PER_SERVER = 8
 
 
 @dataclass(frozen=True)
@@ -45,8 +44,11 @@ class SmtpServer:
 class SmtpPool:
     """Idle authenticated connections keyed by server, reused for later messages."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, max_idle_per_server: int = 32) -> None:
         self._timeout = timeout
+        # As many idle connections as we may use at once, so a busy server's
+        # connections are reused instead of re-established per message.
+        self._max_idle = max_idle_per_server
         self._idle: dict[SmtpServer, list[tuple[aiosmtplib.SMTP, float]]] = {}
 
     async def _connect(self, server: SmtpServer) -> aiosmtplib.SMTP:
@@ -79,7 +81,7 @@ class SmtpPool:
 
     def _checkin(self, server: SmtpServer, client: aiosmtplib.SMTP) -> None:
         idle = self._idle.setdefault(server, [])
-        if client.is_connected and len(idle) < MAX_IDLE_PER_SERVER:
+        if client.is_connected and len(idle) < self._max_idle:
             idle.append((client, time.monotonic()))
         else:
             _close(client)
