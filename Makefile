@@ -5,10 +5,10 @@ SHELL := /bin/bash
 UV ?= uv
 PYTEST_ARGS ?=
 
-.PHONY: run test setup setup-test lint bounce-score validate-deploy bench clean
+.PHONY: run test chaos setup setup-test lint bounce-score validate-deploy bench clean
 
 run: setup
-	@scripts/run-all.sh
+	@token=$$(scripts/admin-token.sh) && MAILGATE_ADMIN_TOKEN=$$token scripts/run-all.sh
 
 setup:
 	@scripts/bootstrap.sh
@@ -18,6 +18,9 @@ setup-test:
 
 test: setup-test
 	$(UV) run --frozen pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+chaos: setup-test
+	MAILGATE_CHAOS=1 $(UV) run --frozen pytest -q -p no:cacheprovider -s tests/chaos $(PYTEST_ARGS)
 
 lint:
 	$(UV) run --frozen ruff check libs services tests

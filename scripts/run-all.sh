@@ -6,6 +6,10 @@ set -a
 # shellcheck disable=SC1091
 [[ -f var/mailgate.env ]] && source var/mailgate.env
 set +a
+# STARTTLS on the SMTP door with a self-signed certificate, unless one is configured.
+if [[ -z "${MAILGATE_SMTP_TLS_CERT:-}" ]]; then
+  set -a; eval "$(scripts/gen-dev-cert.sh)"; set +a
+fi
 # Local development: let a webhook receiver on localhost work out of the box.
 export MAILGATE_WEBHOOKS_ALLOW_PRIVATE=${MAILGATE_WEBHOOKS_ALLOW_PRIVATE:-true}
 

@@ -3,6 +3,7 @@ a webhook receiver and the mailgate services, started once per test run."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,9 +13,13 @@ import httpx
 import pytest
 
 from tests.support.dovecot import Dovecot
+from tests.support.otlp_collector import OtlpCollector
 from tests.support.smtp_sink import SmtpSink
 from tests.support.stack import Stack, free_port
 from tests.support.webhook_receiver import WebhookReceiver
+
+# Fault tests stop and restart servers; they run with `make chaos`, not `make test`.
+collect_ignore_glob = [] if os.environ.get("MAILGATE_CHAOS") else ["chaos/*"]
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +39,20 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, webhook_receiver: WebhookReceiver) -> Iterator[Stack]:
+def otlp_collector() -> Iterator[OtlpCollector]:
+    collector = OtlpCollector(free_port())
+    collector.start()
+    yield collector
+    collector.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, webhook_receiver: WebhookReceiver,
+          otlp_collector: OtlpCollector) -> Iterator[Stack]:
     stack = Stack(tmp_path_factory.mktemp("stack"))
+    # Every service exports its spans, so a test can follow one message's trace.
+    stack.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_collector.url
+    stack.env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
     stack.create()
     try:
         stack.start_default()

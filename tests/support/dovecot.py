@@ -126,9 +126,13 @@ class Dovecot:
         (self.base / "etc" / "key.pem").chmod(0o600)
         self.conf.write_text(CONFIG.format(base=self.base, port=self.port, imaps_port=self.imaps_port,
                                            uid=mail.pw_uid, gid=mail.pw_gid))
-        result = subprocess.run([DOVECOT, "-c", str(self.conf)], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"dovecot failed: {result.stderr}{self.log_tail()}")
+        # The master daemonizes: no pipes, or run() would wait for its children.
+        errors = self.base / "start.err"
+        with errors.open("wb") as err:
+            code = subprocess.call([DOVECOT, "-c", str(self.conf)], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=err)
+        if code != 0:
+            raise RuntimeError(f"dovecot failed: {errors.read_text()}{self.log_tail()}")
         deadline = time.monotonic() + 10
         while not self._greets():
             if time.monotonic() > deadline:
@@ -179,3 +183,12 @@ class Dovecot:
         """A header of every message in a mailbox, e.g. to check a Sent copy."""
         out = self.doveadm("fetch", "-u", user, field, "mailbox", mailbox, "all")
         return [line.split(":", 1)[1].strip() for line in out.splitlines() if ":" in line]
+
+    def connections(self) -> dict[str, int]:
+        """Logged-in IMAP connections per user, as ``doveadm who`` reports them."""
+        counts: dict[str, int] = {}
+        for line in self.doveadm("who").splitlines()[1:]:
+            parts = line.split()
+            if len(parts) >= 3 and parts[2] == "imap":
+                counts[parts[0]] = counts.get(parts[0], 0) + int(parts[1])
+        return counts

@@ -4,6 +4,7 @@
     defer-*@…    -> 451 4.7.1 at RCPT, always (temporary)
     deferN-*@…   -> 451 4.3.0 the first N times that address is offered, then accepted
     slow-*@…     -> accepted after a 2 s pause at DATA
+    throttleN-*@…-> 421 4.7.0 "slow down" the first N times, then accepted
     slowrcpt-*@… -> accepted after a 3 s pause at RCPT (a client killed meanwhile
                     has not handed over the message yet)
 Everything else is accepted and kept in ``messages``.  AUTH PLAIN/LOGIN
@@ -66,6 +67,9 @@ class SinkHandler:
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         if local.startswith("defer-"):
             return f"451 4.7.1 <{address}>: Try again later"
+        throttled = re.match(r"throttle(\d+)-", local)
+        if throttled and seen <= int(throttled.group(1)):
+            return "421 4.7.0 Too many messages, slow down"
         found = re.match(r"defer(\d+)-", local)
         if found and seen <= int(found.group(1)):
             return f"451 4.3.0 <{address}>: Temporary failure {seen}"

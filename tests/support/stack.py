@@ -26,6 +26,11 @@ BIN = Path(sys.executable).parent
 PG_ADMIN = os.environ.get("MAILGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_BASE = os.environ.get("MAILGATE_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 
+# Fast leases so a killed replica's accounts move within seconds in tests.
+IMAP_SYNC_ENV = {"MAILGATE_IMAP_HEARTBEAT": "1", "MAILGATE_IMAP_LEASE_TTL": "4",
+                 "MAILGATE_IMAP_SCAN_INTERVAL": "1", "MAILGATE_IMAP_RETRY_BASE": "0.5",
+                 "MAILGATE_IMAP_RETRY_MAX": "5"}
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -125,12 +130,14 @@ class Stack:
             "MAILGATE_WEBHOOK_RETRY_MAX": "2",
             "MAILGATE_SENDER_CLAIM_TIMEOUT": "6",
             "MAILGATE_SMTP_TIMEOUT": "5",
+            "MAILGATE_THROTTLE_BASE": "1",
             "MAILGATE_SENDER_POLL_INTERVAL": "0.2",
             "MAILGATE_WEBHOOK_POLL_INTERVAL": "0.2",
             "MAILGATE_WEBHOOKS_ALLOW_PRIVATE": "true",
             "MAILGATE_LOG_LEVEL": "INFO",
         }
         self.services: dict[str, Service] = {}
+        self.smtp_port = 0  # set when smtp-ingress is added
 
     # --- infrastructure ---------------------------------------------------
 
@@ -166,10 +173,32 @@ class Stack:
         self.add_service("api", "mailgate-api", f"{self.api_url}/health")
         self.add_worker("sender", "mailgate-sender")
         self.add_worker("webhooks", "mailgate-webhooks")
+        self.add_worker("imap-sync", "mailgate-imap-sync", IMAP_SYNC_ENV)
+        self.add_smtp_ingress()
         for service in self.services.values():
             service.start(wait=False)
         for service in self.services.values():
             service.wait_ready()
+
+    def add_smtp_ingress(self, name: str = "smtp-ingress",
+                         extra_env: dict[str, str] | None = None) -> Service:
+        """The SMTP door on a free port, with STARTTLS from a throwaway self-signed cert."""
+        cert, key = self.workdir / "smtp-cert.pem", self.workdir / "smtp-key.pem"
+        if not cert.exists():
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                            "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                           check=True, capture_output=True)
+        port = free_port()
+        if name == "smtp-ingress":
+            self.smtp_port = port
+        return self.add_worker(name, "mailgate-smtp-ingress", {
+            "MAILGATE_SMTP_PORT": str(port),
+            "MAILGATE_SMTP_TLS_CERT": str(cert),
+            "MAILGATE_SMTP_TLS_KEY": str(key),
+            "MAILGATE_SMTP_HOSTNAME": "mailgate.test",
+            "MAILGATE_SMTP_AUTH_FAILURE_DELAY": "0.2",
+            **(extra_env or {}),
+        })
 
     def keep_logs(self, target: Path) -> None:
         target.mkdir(parents=True, exist_ok=True)

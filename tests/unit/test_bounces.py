@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
+
 from mailgate_common.bounces import parse_bounce
 from mailgate_common.bounces.cli import bounce
 from mailgate_common.bounces.codes import find_reply_code, find_status, prefer

@@ -11,6 +11,7 @@ that do not decode, the message goes to the dead-letter queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -45,6 +46,11 @@ EVENTS_CONSUMED = Counter(
 DEAD_LETTERED = Counter(
     "mailgate_events_dead_lettered_total", "Events moved to a dead-letter queue", ["queue"]
 )
+
+
+async def _traced(span: trace.Span, handler: Handler, event: events.AnyEvent) -> None:
+    with trace.use_span(span, end_on_exit=True):
+        await handler(event)
 
 
 class Bus:
@@ -122,16 +128,20 @@ class Bus:
             log.error("undecodable message on %s: %s", queue.name, exc)
             await self._dead_letter(queue, message, f"undecodable: {exc}")
             return
+        span = tracer.start_span(
+            f"handle {event.routing_key}",
+            context=context_from_traceparent(event.traceparent),
+            attributes={"messaging.destination": queue.name, "mailgate.event_id": event.id},
+        )
+        work = asyncio.ensure_future(_traced(span, handler, event))
         try:
-            with tracer.start_as_current_span(
-                f"handle {event.routing_key}",
-                context=context_from_traceparent(event.traceparent),
-                attributes={"messaging.destination": queue.name, "mailgate.event_id": event.id},
-            ):
-                await handler(event)
+            # Shielded: when the broker connection drops, aio-pika cancels this
+            # task, but work that already started (an SMTP transaction, say)
+            # must finish and be recorded, or it would be done twice later.
+            await asyncio.shield(work)
         except asyncio.CancelledError:
-            # Shutting down mid-handler: hand the message back untouched.
-            await message.nack(requeue=True)
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
             raise
         except Exception as exc:
             await self._retry_or_dead_letter(queue, message, exc)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
+from mailgate_common.rotation import secret_group
 from mailgate_common.settings import load_settings_or_exit
+from mailgate_common.tokens_cli import token_group
 
 
 @click.group()
@@ -29,3 +31,6 @@ def _register_subcommands() -> None:
 
 
 _register_subcommands()
+
+main.add_command(token_group)
+main.add_command(secret_group)

@@ -173,6 +173,109 @@ class ImapSetFlags(Event, kw_only=True, frozen=True, tag="imap.set_flags"):
     remove: list[str] = msgspec.field(default_factory=list)
 
 
+# --- mailbox changes and account state (imap-sync) --------------------------
+
+
+class _MailboxMessage(Event, kw_only=True, frozen=True, tag="message._mailbox"):
+    """Facts of one indexed message, rendered as EmailEngine's webhook ``data``."""
+
+    path: str
+    message: str  # the stable opaque message id
+    uid: int
+    message_id: str | None = None
+    subject: str | None = None
+    from_: dict[str, str] | None = msgspec.field(name="from", default=None)
+    to: list[dict[str, str]] = msgspec.field(default_factory=list)
+    cc: list[dict[str, str]] = msgspec.field(default_factory=list)
+    date: datetime | None = None
+    flags: list[str] = msgspec.field(default_factory=list)
+    size: int | None = None
+    in_reply_to: str | None = None
+    special_use: str | None = None
+
+    def webhook_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.message,
+            "uid": self.uid,
+            "path": self.path,
+            "messageId": self.message_id,
+            "subject": self.subject,
+            "from": self.from_,
+            "to": list(self.to),
+            "date": iso(self.date),
+            "flags": list(self.flags),
+            "unseen": "\\Seen" not in self.flags,
+            "flagged": "\\Flagged" in self.flags,
+        }
+        if self.cc:
+            data["cc"] = list(self.cc)
+        if self.size is not None:
+            data["size"] = self.size
+        if self.in_reply_to:
+            data["inReplyTo"] = self.in_reply_to
+        if self.special_use:
+            data["specialUse"] = self.special_use
+        return data
+
+
+class MessageNew(_MailboxMessage, kw_only=True, frozen=True, tag="message.new"):
+    webhook_event: ClassVar[str | None] = "messageNew"
+
+
+class MessageUpdated(_MailboxMessage, kw_only=True, frozen=True, tag="message.updated"):
+    webhook_event: ClassVar[str | None] = "messageUpdated"
+    added: list[str] = msgspec.field(default_factory=list)
+    removed: list[str] = msgspec.field(default_factory=list)
+
+    def webhook_data(self) -> dict[str, Any]:
+        # EmailEngine sends the id plus what changed about the flags.
+        changes: dict[str, Any] = {}
+        if self.added:
+            changes["flags"] = {"added": list(self.added)}
+        if self.removed:
+            changes.setdefault("flags", {})["removed"] = list(self.removed)
+        return {
+            "id": self.message,
+            "uid": self.uid,
+            "path": self.path,
+            "messageId": self.message_id,
+            "changes": changes,
+            "flags": list(self.flags),
+        }
+
+
+class MessageDeleted(Event, kw_only=True, frozen=True, tag="message.deleted"):
+    webhook_event: ClassVar[str | None] = "messageDeleted"
+    path: str
+    message: str
+    uid: int
+    message_id: str | None = None
+
+    def webhook_data(self) -> dict[str, Any]:
+        return {"id": self.message, "uid": self.uid, "path": self.path, "messageId": self.message_id}
+
+
+class AccountState(Event, kw_only=True, frozen=True, tag="account.state"):
+    """The IMAP connection state of an account changed (sent once per change)."""
+
+    state: Literal["connecting", "connected", "authenticationError", "connectError", "disconnected"]
+    error: str | None = None
+    response: str | None = None
+
+    def webhook_name(self) -> str | None:
+        if self.state in ("authenticationError", "connectError"):
+            return self.state
+        return None
+
+    def webhook_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"state": self.state}
+        if self.error:
+            data["error"] = self.error
+        if self.response:
+            data["response"] = self.response
+        return data
+
+
 AnyEvent = (
     SubmissionQueued
     | AccountChanged
@@ -181,6 +284,10 @@ AnyEvent = (
     | MessageFailed
     | ImapAppendSent
     | ImapSetFlags
+    | MessageNew
+    | MessageUpdated
+    | MessageDeleted
+    | AccountState
 )
 
 _encoder = msgspec.json.Encoder()
@@ -204,6 +311,10 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     MessageFailed,
     ImapAppendSent,
     ImapSetFlags,
+    MessageNew,
+    MessageUpdated,
+    MessageDeleted,
+    AccountState,
 )
 
 # EmailEngine webhook names subscribers may filter on (settings.webhookEvents).

@@ -1,7 +1,9 @@
 """Message lifecycle as data: the states and the only moves between them.
 
     queued ──claim──► sending ──sent──► sent
-      │                 │  └───fail──► failed
+      │  ▲              │  └───fail──► failed
+      │  └───release────┤   (a sending limit or the server's "slow down":
+      │                 │    no attempt is spent, the message just waits)
       │                 └─defer──► deferred ──claim──► sending …
       └──cancel──► cancelled ◄──cancel── deferred
 
@@ -37,8 +39,9 @@ MARK_SENT = Transition("sent", (SENDING,), SENT)
 DEFER = Transition("defer", (SENDING,), DEFERRED)
 FAIL = Transition("fail", (SENDING,), FAILED)
 CANCEL = Transition("cancel", (QUEUED, DEFERRED), CANCELLED)
+RELEASE = Transition("release", (SENDING,), QUEUED)
 
-TRANSITIONS: tuple[Transition, ...] = (CLAIM, MARK_SENT, DEFER, FAIL, CANCEL)
+TRANSITIONS: tuple[Transition, ...] = (CLAIM, MARK_SENT, DEFER, FAIL, CANCEL, RELEASE)
 
 
 def can(transition: Transition, state: str) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -24,6 +25,11 @@ from mailgate_common.db import Database
 from mailgate_common.db.models import OutboxMessage
 from mailgate_common.event_relay import EventRelay
 from mailgate_common.lifecycle import QUEUED
+
+
+SUBMISSIONS = Counter(
+    "mailgate_submissions_total", "Messages committed to the outbox", ["source", "result"]
+)
 
 
 class IdempotencyConflict(Exception):
@@ -74,6 +80,7 @@ async def enqueue(db: Database, relay: EventRelay, msg: NewMessage) -> Queued:
     if msg.idempotency_key:
         existing = await _find_idempotent(db, msg, request_hash)
         if existing is not None:
+            SUBMISSIONS.labels(msg.source, "replayed").inc()
             return existing
     queue_id = new_queue_id()
     event = events.SubmissionQueued(
@@ -112,6 +119,7 @@ async def enqueue(db: Database, relay: EventRelay, msg: NewMessage) -> Queued:
             if existing is not None:
                 return existing
         raise
+    SUBMISSIONS.labels(msg.source, "queued").inc()
     await relay.publish_hint(event)
     return Queued(queue_id=queue_id, message_id=msg.message_id, send_at=msg.send_at)
 

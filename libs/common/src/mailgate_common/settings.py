@@ -54,6 +54,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # First retry delay in seconds; later ones double (with jitter) up to retry_max.
     delivery_retry_base: PositiveFloat = 15.0
     delivery_retry_max: PositiveFloat = 3600.0
+    # An account whose server says "slow down" rests this long, doubling per repeat.
+    throttle_base: PositiveFloat = 30.0
+    throttle_max: PositiveFloat = 900.0
 
     # Webhooks
     webhook_timeout: PositiveFloat = 10.0
@@ -78,6 +81,24 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Bus
     bus_prefetch: PositiveInt = 32
     bus_max_retries: PositiveInt = 5
+
+    # IMAP sync
+    imap_timeout: PositiveFloat = 30.0
+    # An account lease lives this long unless its holder renews it (every heartbeat),
+    # so a dead replica's accounts move within lease_ttl + scan_interval seconds.
+    imap_lease_ttl: PositiveFloat = 15.0
+    imap_heartbeat: PositiveFloat = 5.0
+    imap_scan_interval: PositiveFloat = 5.0
+    # Accounts one replica takes per scan, so replicas started together share them.
+    imap_lease_batch: PositiveInt = 10
+    imap_retry_base: PositiveFloat = 2.0
+    imap_retry_max: PositiveFloat = 300.0
+    # Wait after a rejected login: retrying a wrong password only gets it locked.
+    imap_auth_retry: PositiveFloat = 600.0
+    # IDLE is re-issued this often (servers drop it after 30 minutes).
+    imap_idle_restart: PositiveFloat = 600.0
+    # NOOP polling interval for servers without IDLE.
+    imap_poll_interval: PositiveFloat = 15.0
 
     # Submissions
     max_message_size: PositiveInt = 25 * 1024 * 1024

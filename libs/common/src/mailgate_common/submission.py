@@ -56,6 +56,9 @@ class SubmitRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown
     delivery_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
     envelope: EnvelopeIn | None = None
     raw: str | None = None  # a whole RFC 822 message, base64
+    # Suppressed recipients: false (default) refuses the submit with 422 naming them;
+    # true drops just them from the envelope and sends to the rest (422 if none remain).
+    skip_suppressed: bool = False
 
 
 def as_list(value: list[Address] | Address | None) -> list[Address]:

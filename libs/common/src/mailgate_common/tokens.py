@@ -10,14 +10,18 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailgate_common import events
 from mailgate_common.db.models import ApiToken
 
 SCOPES = ("api", "smtp", "*")
+# Our tokens are 64 hex chars; anything far longer is not worth hashing.
+MAX_TOKEN_LENGTH = 512
+LAST_USED_PRECISION = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -61,12 +65,21 @@ async def create(
 async def verify(session: AsyncSession, token: str, admin_token: str | None = None) -> TokenInfo | None:
     if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
         return TokenInfo(id="admin", account=None, scopes=("*",), description="MAILGATE_ADMIN_TOKEN")
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        return None
     row = await session.get(ApiToken, hash_token(token))
     if row is None:
         return None
-    await session.execute(
-        update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=events.utcnow())
-    )
+    # Touch lastUsed at most once a minute: a busy client must not turn every
+    # request into a write that contends on one row.
+    now = events.utcnow()
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_PRECISION:
+        await session.execute(
+            update(ApiToken)
+            .where(ApiToken.id == row.id)
+            .where(or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < now - LAST_USED_PRECISION))
+            .values(last_used_at=now)
+        )
     return TokenInfo(id=row.id, account=row.account_id, scopes=tuple(row.scopes),
                      description=row.description)
 

@@ -19,11 +19,16 @@ from mailgate_common.event_relay import EventRelay
 from mailgate_common.settings import Settings
 from mailgate_api import health
 from mailgate_api.accounts.routes import AccountController
+from mailgate_api.auth import AuthPlugin
 from mailgate_api.deps import Resources
 from mailgate_api.errors import EXCEPTION_HANDLERS
+from mailgate_api.mailbox.routes import MailboxController
 from mailgate_api.outbox.routes import OutboxController
 from mailgate_api.settings.routes import SettingsController
 from mailgate_api.submit.routes import submit
+from mailgate_api.suppression.routes import SuppressionController
+from mailgate_api.webhooks.routes import WebhookController
+from mailgate_api.tracing import tracing_middleware
 
 log = logging.getLogger("mailgate.api")
 
@@ -46,7 +51,7 @@ def create_app(settings: Settings) -> Litestar:
         db=Database(settings.database_url, pool_size=20),
         bus=Bus(settings.amqp_url),
         relay=None,  # type: ignore[arg-type]
-        sealer=Sealer(settings.secret),
+        sealer=Sealer(settings.secret, tuple(filter(None, [settings.secret_previous]))),
     )
     resources.relay = EventRelay(resources.db, resources.bus)
 
@@ -68,15 +73,20 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[
             AccountController,
+            MailboxController,
             submit,
             OutboxController,
             SettingsController,
+            SuppressionController,
+            WebhookController,
             health.ready,
             health.live,
             health.metrics,
         ],
         dependencies={"res": Provide(provide_resources, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[tracing_middleware],
+        plugins=[AuthPlugin(resources)],
         lifespan=[lifespan],
         request_max_body_size=int(settings.max_message_size * 1.4) + 65536,
         openapi_config=OpenAPIConfig(

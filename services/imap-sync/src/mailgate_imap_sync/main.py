@@ -1,2 +1,177 @@
+"""mailgate-imap-sync: watches the mailboxes of the accounts this replica leases.
+
+Three loops:
+* scan - every ``imap_scan_interval`` (and at once on ``account.changed``),
+  record this replica as alive and, up to its fair share (IMAP accounts /
+  live replicas; any excess is handed back),
+  take leases of accounts nobody holds and start their watchers;
+* heartbeat - every ``imap_heartbeat``, renew our leases; stop watchers whose
+  lease is gone (taken over, account deleted) and restart those whose IMAP
+  settings changed (so an update on any replica reaches the holder);
+* the event relay, for events left behind by a crash.
+
+Commands (``imap.append_sent``, ``imap.set_flags``) are handled by whichever
+replica receives them, over a short-lived connection (see ``commands.py``).
+On SIGTERM the watchers stop and the leases are released, so other replicas
+take the accounts over at their next scan instead of waiting for expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+
+from prometheus_client import Gauge
+
+from mailgate_common import events, topology
+from mailgate_common.bus import Bus
+from mailgate_common.crypto import Sealer
+from mailgate_common.db import Database
+from mailgate_common.event_relay import EventRelay
+from mailgate_common.runtime import run
+from mailgate_common.settings import Settings, load_settings_or_exit
+from mailgate_imap_sync.commands import Commands
+from mailgate_imap_sync.leases import Leases
+from mailgate_imap_sync.watcher import Watcher
+
+log = logging.getLogger("mailgate.imap-sync")
+
+WATCHED = Gauge("mailgate_imap_accounts_watched", "Accounts this replica holds and watches")
+
+
+class ImapSyncService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings.database_url)
+        self.bus = Bus(settings.amqp_url)
+        self.relay = EventRelay(self.db, self.bus)
+        self.sealer = Sealer(settings.secret)
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.leases = Leases(self.db, self.holder, settings.imap_lease_ttl, settings.imap_lease_batch)
+        self.commands = Commands(settings, self.db, self.sealer)
+        self.watchers: dict[str, tuple[asyncio.Task[None], str]] = {}
+        self.scan_now = asyncio.Event()
+        self.loops: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.bus.connect()
+        await self.bus.consume(topology.IMAP_SYNC, self.on_event, self.settings.bus_prefetch)
+        self.loops = [
+            asyncio.create_task(self.scan_loop()),
+            asyncio.create_task(self.heartbeat_loop()),
+            asyncio.create_task(self.relay.run()),
+        ]
+        log.info("imap-sync replica %s", self.holder)
+
+    async def ready(self) -> bool:
+        return self.bus.connected and await self.db.ping()
+
+    async def on_event(self, event: events.AnyEvent) -> None:
+        if isinstance(event, events.AccountChanged):
+            self.scan_now.set()
+        elif isinstance(event, events.ImapAppendSent):
+            await self.commands.append_sent(event)
+        elif isinstance(event, events.ImapSetFlags):
+            await self.commands.set_flags(event)
+
+    # --- leases -----------------------------------------------------------
+
+    async def scan_loop(self) -> None:
+        while True:
+            try:
+                taken, excess = await self.leases.acquire()
+                for account in taken:
+                    if account not in self.watchers:
+                        self._start_watcher(account, "")
+                if excess > 0:
+                    # A replica joined: hand some accounts over to it.
+                    surplus = list(self.watchers)[:excess]
+                    log.info("releasing %d accounts to other replicas", len(surplus))
+                    for account in surplus:
+                        await self._stop_watcher(account)
+                    await self.leases.release(surplus)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("lease scan failed: %r", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.scan_now.wait(), self.settings.imap_scan_interval)
+            self.scan_now.clear()
+
+    async def heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.imap_heartbeat)
+            try:
+                held = {h.account: h.fingerprint for h in await self.leases.renew()}
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Cannot renew: the leases may lapse, so stop watching before another
+                # replica starts (it waits for expiry, we stop now).
+                log.warning("lease renewal failed, stopping watchers: %r", exc)
+                held = {}
+            for account in list(self.watchers):
+                if account not in held:
+                    log.info("lease of %s lost, stopping its watcher", account)
+                    await self._stop_watcher(account)
+            for account, fingerprint in held.items():
+                current = self.watchers.get(account)
+                if current is None:
+                    self._start_watcher(account, fingerprint)
+                elif current[1] and current[1] != fingerprint:
+                    log.info("settings of %s changed, reconnecting", account)
+                    await self._stop_watcher(account)
+                    self._start_watcher(account, fingerprint)
+                elif not current[1]:
+                    self.watchers[account] = (current[0], fingerprint)
+
+    def _start_watcher(self, account: str, fingerprint: str) -> None:
+        watcher = Watcher(self.settings, self.db, self.relay, self.sealer, account)
+        task = asyncio.create_task(watcher.run(), name=f"watch:{account}")
+        self.watchers[account] = (task, fingerprint)
+        WATCHED.set(len(self.watchers))
+
+        def done(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("watcher of %s crashed: %r", account, t.exception())
+            if self.watchers.get(account, (None, ""))[0] is t:
+                del self.watchers[account]
+                WATCHED.set(len(self.watchers))
+
+        task.add_done_callback(done)
+
+    async def _stop_watcher(self, account: str) -> None:
+        entry = self.watchers.pop(account, None)
+        WATCHED.set(len(self.watchers))
+        if entry is None:
+            return
+        entry[0].cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await entry[0]
+
+    # --- shutdown ---------------------------------------------------------
+
+    async def stop(self) -> None:
+        await self.bus.stop_consuming(grace=20)
+        for loop in self.loops:
+            loop.cancel()
+        for loop in self.loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        accounts = list(self.watchers)
+        await asyncio.gather(*(self._stop_watcher(a) for a in accounts))
+        try:
+            await self.leases.release(accounts, leaving=True)
+        except Exception as exc:
+            log.warning("could not release leases (they expire on their own): %r", exc)
+        await self.bus.close()
+        await self.db.dispose()
+
+
 def main() -> None:
-    raise SystemExit("not implemented yet")
+    settings = load_settings_or_exit()
+    run("imap-sync", settings, ImapSyncService(settings))

@@ -12,12 +12,15 @@ A message is only ever finished by the sender still holding its claim, and
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from sqlalchemy import select, text, update
 
@@ -28,13 +31,16 @@ from mailgate_common.db import Database
 from mailgate_common.db.models import Account, DeliveryAttempt, OutboxMessage
 from mailgate_common.event_relay import EventRelay, stage
 from mailgate_common.settings import Settings
+from mailgate_sender.limits import Limits, acquire, effective_limits, is_slow_down, throttle_delay
 from mailgate_sender.outcome import Outcome
 from mailgate_sender.smtp_client import SmtpPool, SmtpServer
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("mailgate.sender")
 
 ATTEMPTS = Counter("mailgate_send_attempts_total", "SMTP delivery attempts", ["result"])
 SEND_SECONDS = Histogram("mailgate_send_seconds", "Time of one SMTP delivery attempt")
+HELD = Counter("mailgate_send_held_total", "Messages held back without an attempt", ["reason"])
 QUEUE_LAG = Histogram(
     "mailgate_send_lag_seconds",
     "Delay between a message being due and its attempt starting",
@@ -48,6 +54,8 @@ CLAIM_DUE_SQL = text(
     WHERE id IN (
         SELECT id FROM outbox
         WHERE (state IN ('queued', 'deferred') AND next_attempt_at <= now())
+          AND NOT EXISTS (SELECT 1 FROM accounts a
+                          WHERE a.id = outbox.account_id AND a.throttled_until > now())
         ORDER BY next_attempt_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED)
@@ -84,6 +92,7 @@ class Deliverer:
         self.pool = SmtpPool(settings.smtp_timeout, settings.sender_concurrency)
         self.sealer = Sealer(settings.secret, tuple(filter(None, [settings.secret_previous])))
         self._accounts: dict[str, tuple[float, Account | None]] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
 
     # --- claiming ---------------------------------------------------------
 
@@ -150,12 +159,115 @@ class Deliverer:
             except (CredentialError, KeyError, ValueError) as exc:
                 outcome = Outcome("permanent", f"Invalid SMTP settings: {exc}", error_code="ESETTINGS")
             else:
-                with SEND_SECONDS.time():
-                    outcome = await self.pool.deliver(
-                        server, row.envelope_from, list(row.envelope_to), row.raw
-                    )
+                limits = effective_limits(account.limits, server.host)
+                if limits.rates:
+                    wait_until = await self._acquire(account.id, limits)
+                    if wait_until is not None:
+                        HELD.labels("limit").inc()
+                        await self._hold(claim, wait_until, f"sending limit reached until {events.iso(wait_until)}")
+                        return
+                async with self._connection_slot(account.id, limits.connections):
+                    with SEND_SECONDS.time(), tracer.start_as_current_span(
+                        "smtp deliver",
+                        kind=trace.SpanKind.CLIENT,
+                        attributes={"mailgate.queue_id": row.id, "server.address": server.label},
+                    ) as span:
+                        outcome = await self.pool.deliver(
+                            server, row.envelope_from, list(row.envelope_to), row.raw
+                        )
+                        span.set_attribute("mailgate.outcome", outcome.kind)
+                if is_slow_down(outcome):
+                    HELD.labels("throttled").inc()
+                    until = await self._throttle(account, outcome)
+                    await self._hold(claim, until, outcome.response, outcome, server, started)
+                    return
+                if outcome.kind == "sent" and account.throttle_level:
+                    await self._unthrottle(account.id)
         ATTEMPTS.labels(outcome.kind).inc()
         await self._record(claim, row, account, server, outcome, started)
+
+    # --- politeness -------------------------------------------------------
+
+    async def _acquire(self, account_id: str, limits: Limits) -> datetime | None:
+        async with self.db.sessions() as session:
+            transaction = await session.begin()
+            wait_until = await acquire(session, account_id, limits)
+            if wait_until is None:
+                await transaction.commit()
+            else:
+                await transaction.rollback()
+        return wait_until
+
+    def _connection_slot(
+        self, account_id: str, connections: int | None
+    ) -> contextlib.AbstractAsyncContextManager[object]:
+        if not connections:
+            return contextlib.nullcontext()
+        slot = self._slots.get(account_id)
+        if slot is None:
+            slot = self._slots[account_id] = asyncio.Semaphore(connections)
+        return slot
+
+    async def _throttle(self, account: Account, outcome: Outcome) -> datetime:
+        """The server said "slow down": leave the whole account alone for a while."""
+        level = account.throttle_level + 1
+        until = events.utcnow() + timedelta(
+            seconds=throttle_delay(level, self.settings.throttle_base, self.settings.throttle_max)
+        )
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(Account).where(Account.id == account.id)
+                .values(throttled_until=until, throttle_level=level)
+            )
+        self._accounts.pop(account.id, None)
+        log.warning("account %s throttled until %s: %s", account.id, events.iso(until), outcome.response)
+        return until
+
+    async def _unthrottle(self, account_id: str) -> None:
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(Account).where(Account.id == account_id).values(throttled_until=None, throttle_level=0)
+            )
+        self._accounts.pop(account_id, None)
+
+    async def _hold(
+        self,
+        claim: Claim,
+        until: datetime,
+        reason: str,
+        outcome: Outcome | None = None,
+        server: SmtpServer | None = None,
+        started: datetime | None = None,
+    ) -> None:
+        """Hand the message back without spending an attempt; push the account's
+        other due messages behind the same wait so they are not claimed in vain."""
+        row = claim.row
+        async with self.db.transaction() as session:
+            released = await session.scalar(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row.id, OutboxMessage.claim_token == claim.token,
+                       OutboxMessage.state.in_(lifecycle.RELEASE.from_states))
+                .values(state=lifecycle.RELEASE.to_state, claim_token=None, claimed_until=None,
+                        next_attempt_at=until, last_error=reason)
+                .returning(OutboxMessage.id)
+            )
+            if released is None:
+                return
+            await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.account_id == row.account_id,
+                       OutboxMessage.state.in_(lifecycle.CLAIM.from_states),
+                       OutboxMessage.next_attempt_at < until)
+                .values(next_attempt_at=until)
+            )
+            if outcome is not None:
+                # The exchange happened; keep it in the message's history, uncounted.
+                session.add(DeliveryAttempt(
+                    queue_id=row.id, attempt=row.attempts_made + 1, outcome="throttled",
+                    server=server.label if server else None, smtp_code=outcome.code,
+                    smtp_status=outcome.status, response=outcome.response, error=reason,
+                    started_at=started or events.utcnow(),
+                ))
 
     async def _record(
         self,

@@ -2,8 +2,15 @@
 
     event ──store()──► pending ──attempt()──► delivered
                           │  ▲
-                          ▼  │ (backoff with jitter)
-                        retrying ──(attempts spent)──► failed
+                          ▼  │ (backoff with jitter, see retry.py)
+                        retrying ──(retry window spent)──► failed
+
+A delivery goes either to a webhook endpoint (``endpoint_id``, signed with the
+endpoint's secret) or to the EmailEngine-style settings/account URL
+(``endpoint_id`` NULL, signed with the service secret).  The due-poller picks
+deliveries round-robin across destinations and never more than the
+per-endpoint concurrency for one destination, so a slow endpoint cannot take
+every slot; endpoints marked failing only ever get a single probe.
 """
 
 from __future__ import annotations
@@ -13,18 +20,20 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from typing import Any
 
 import httpx
 from prometheus_client import Counter, Histogram
-from sqlalchemy import select, text, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailgate_common import events, lifecycle, service_settings
-from mailgate_common.backoff import backoff_delay
+from mailgate_common import events, lifecycle, service_settings, urls
+from mailgate_common.crypto import Sealer
 from mailgate_common.db import Database
-from mailgate_common.db.models import Account, WebhookAttempt, WebhookDelivery
+from mailgate_common.db.models import Account, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from mailgate_common.settings import Settings
+from mailgate_webhooks import retry
 from mailgate_webhooks.payload import render, wants
 from mailgate_webhooks.signing import signed_headers
 
@@ -33,18 +42,81 @@ log = logging.getLogger(__name__)
 WEBHOOK_ATTEMPTS = Counter("mailgate_webhook_attempts_total", "Webhook POSTs", ["result"])
 WEBHOOK_SECONDS = Histogram("mailgate_webhook_seconds", "Webhook POST latency")
 MAX_BODY_EXCERPT = 2048
-PER_ENDPOINT_CONCURRENCY = 8
 
-CLAIM_DUE_SQL = text(
+# Destinations that may be attempted now: settings/account URLs always, endpoints
+# only when enabled and not backed off.
+_READY = """
+    (d.endpoint_id IS NULL OR EXISTS (
+        SELECT 1 FROM webhook_endpoints e WHERE e.id = d.endpoint_id AND e.enabled
+          AND e.failing_since IS NULL AND (e.backoff_until IS NULL OR e.backoff_until <= now())))
+"""
+
+CLAIM_ONE_SQL = text(
+    f"""
+    UPDATE webhook_deliveries d SET claim_token = :token,
+           claimed_until = now() + make_interval(secs => :hold)
+    WHERE d.id = :id AND d.state IN ('pending', 'retrying') AND d.next_attempt_at <= now()
+      AND (d.claimed_until IS NULL OR d.claimed_until < now()) AND {_READY}
+    RETURNING d.id
     """
+)
+
+# Round-robin over destinations (ORDER BY rn), each capped at the per-endpoint
+# concurrency minus what is already in flight anywhere (claims are global).
+CLAIM_DUE_SQL = text(
+    f"""
+    WITH inflight AS (
+        SELECT coalesce(endpoint_id, url) AS dest, count(*) AS n FROM webhook_deliveries
+        WHERE state IN ('pending', 'retrying') AND claimed_until >= now()
+        GROUP BY 1
+    ), ranked AS (
+        SELECT d.id, d.next_attempt_at, coalesce(d.endpoint_id, d.url) AS dest,
+               row_number() OVER (PARTITION BY coalesce(d.endpoint_id, d.url)
+                                  ORDER BY d.next_attempt_at, d.id) AS rn
+        FROM webhook_deliveries d
+        WHERE d.state IN ('pending', 'retrying') AND d.next_attempt_at <= now()
+          AND (d.claimed_until IS NULL OR d.claimed_until < now()) AND {_READY}
+    ), picked AS (
+        SELECT r.id FROM ranked r LEFT JOIN inflight i ON i.dest = r.dest
+        WHERE r.rn <= :per_endpoint - coalesce(i.n, 0)
+        ORDER BY r.rn, r.next_attempt_at
+        LIMIT :limit
+    )
     UPDATE webhook_deliveries SET claim_token = :token,
            claimed_until = now() + make_interval(secs => :hold)
     WHERE id IN (
         SELECT id FROM webhook_deliveries
-        WHERE state IN ('pending', 'retrying') AND next_attempt_at <= now()
+        WHERE id IN (SELECT id FROM picked) AND state IN ('pending', 'retrying')
           AND (claimed_until IS NULL OR claimed_until < now())
-        ORDER BY next_attempt_at
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id
+    """
+)
+
+# One replica wins the right to probe a failing endpoint whose backoff expired;
+# holding backoff_until for the probe's duration keeps every other replica out.
+TAKE_PROBES_SQL = text(
+    """
+    UPDATE webhook_endpoints SET backoff_until = now() + make_interval(secs => :hold)
+    WHERE id IN (
+        SELECT id FROM webhook_endpoints
+        WHERE enabled AND failing_since IS NOT NULL AND backoff_until <= now()
         LIMIT :limit
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id
+    """
+)
+
+CLAIM_PROBE_SQL = text(
+    """
+    UPDATE webhook_deliveries SET claim_token = :token,
+           claimed_until = now() + make_interval(secs => :hold)
+    WHERE id = (
+        SELECT id FROM webhook_deliveries
+        WHERE endpoint_id = :endpoint AND state IN ('pending', 'retrying')
+          AND (claimed_until IS NULL OR claimed_until < now())
+        ORDER BY next_attempt_at, id
+        LIMIT 1
         FOR UPDATE SKIP LOCKED)
     RETURNING id
     """
@@ -57,10 +129,38 @@ class Claim:
     token: str
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where and how to POST one delivery."""
+
+    key: str  # concurrency key: endpoint id, or the URL
+    # The endpoint's current URL: a fixed typo applies to waiting retries too.
+    url: str
+    secret: str
+    previous_secret: str | None
+    headers: dict[str, str]
+
+
+def matching_endpoints(name: str, account: str | None) -> Any:
+    """Enabled endpoints subscribed to this event name and account."""
+    account_ok = or_(
+        WebhookEndpoint.accounts.is_(None),
+        func.cardinality(WebhookEndpoint.accounts) == 0,
+        WebhookEndpoint.accounts.contains([account or ""]),
+    )
+    return select(WebhookEndpoint).where(
+        WebhookEndpoint.enabled.is_(True),
+        or_(WebhookEndpoint.account_id.is_(None), WebhookEndpoint.account_id == (account or "")),
+        WebhookEndpoint.events.overlap(["*", name]),
+        account_ok,
+    )
+
+
 class Dispatcher:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
         self.db = db
+        self.sealer = Sealer(settings.secret, tuple(filter(None, [settings.secret_previous])))
         self.http = httpx.AsyncClient(
             timeout=settings.webhook_timeout,
             follow_redirects=False,
@@ -71,10 +171,11 @@ class Dispatcher:
 
     @property
     def hold(self) -> float:
-        return self.settings.webhook_timeout + 30
+        # Longer than one attempt can take (POST is capped at webhook_timeout).
+        return self.settings.webhook_timeout + 5
 
     async def store(self, event: events.Event) -> list[int]:
-        """Record one delivery per matching endpoint; returns the new ones' ids."""
+        """Record one delivery per matching destination; returns the new ones' ids."""
         name = event.webhook_name()
         if name is None:
             return []
@@ -82,88 +183,158 @@ class Dispatcher:
             config = await service_settings.read(
                 session, ["webhooks", "webhooksEnabled", "webhookEvents", "serviceUrl"]
             )
-            urls: list[str] = []
+            urls_: list[str] = []
             if config["webhooks"] and config["webhooksEnabled"] and wants(config["webhookEvents"], name):
-                urls.append(config["webhooks"])
+                urls_.append(config["webhooks"])
             if event.account:
                 account_url = await session.scalar(
                     select(Account.webhooks).where(Account.id == event.account)
                 )
-                if account_url and account_url not in urls:
-                    urls.append(account_url)
-            if not urls:
+                if account_url and account_url not in urls_:
+                    urls_.append(account_url)
+            endpoints = list(await session.scalars(matching_endpoints(name, event.account)))
+            if not urls_ and not endpoints:
                 return []
             body = render(event, name, config["serviceUrl"] or self.settings.service_url)
-            queue_id = getattr(event, "queue_id", None)
+            common = {
+                "event_id": event.id,
+                "event": name,
+                "account_id": event.account,
+                "queue_id": getattr(event, "queue_id", None),
+                "payload": body,
+            }
             ids: list[int] = []
-            for url in urls:
-                new_id = await session.scalar(
+            for url in urls_:
+                ids += await session.scalars(
                     insert(WebhookDelivery)
-                    .values(
-                        event_id=event.id,
-                        event=name,
-                        account_id=event.account,
-                        queue_id=queue_id,
-                        url=url,
-                        payload=body,
+                    .values(url=url, **common)
+                    .on_conflict_do_nothing(
+                        index_elements=["event_id", "url"], index_where=text("endpoint_id IS NULL")
                     )
-                    .on_conflict_do_nothing(constraint="webhook_delivery_once")
                     .returning(WebhookDelivery.id)
                 )
-                if new_id is not None:
-                    ids.append(new_id)
+            for endpoint in endpoints:
+                ids += await session.scalars(
+                    insert(WebhookDelivery)
+                    .values(url=endpoint.url, endpoint_id=endpoint.id, **common)
+                    .on_conflict_do_nothing(
+                        index_elements=["event_id", "endpoint_id"],
+                        index_where=text("endpoint_id IS NOT NULL"),
+                    )
+                    .returning(WebhookDelivery.id)
+                )
         return ids
 
     async def claim(self, delivery_id: int) -> Claim | None:
         token = secrets.token_hex(8)
         async with self.db.transaction() as session:
             claimed = await session.scalar(
-                update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.id == delivery_id,
-                    WebhookDelivery.state.in_((lifecycle.WEBHOOK_PENDING, lifecycle.WEBHOOK_RETRYING)),
-                    (WebhookDelivery.claimed_until.is_(None))
-                    | (WebhookDelivery.claimed_until < events.utcnow()),
-                )
-                .values(claim_token=token, claimed_until=events.utcnow() + timedelta(seconds=self.hold))
-                .returning(WebhookDelivery.id)
+                CLAIM_ONE_SQL, {"token": token, "hold": self.hold, "id": delivery_id}
             )
         return Claim(delivery_id, token) if claimed else None
 
     async def claim_due(self, limit: int) -> list[Claim]:
         token = secrets.token_hex(8)
         async with self.db.transaction() as session:
-            ids = (await session.execute(
-                CLAIM_DUE_SQL, {"token": token, "hold": self.hold, "limit": limit}
-            )).scalars()
-            return [Claim(i, token) for i in ids]
+            claimed: list[int] = []
+            for endpoint in (await session.execute(
+                TAKE_PROBES_SQL, {"hold": self.hold, "limit": limit}
+            )).scalars():
+                probe = await session.scalar(
+                    CLAIM_PROBE_SQL, {"token": token, "hold": self.hold, "endpoint": endpoint}
+                )
+                if probe is None:
+                    # Nothing waiting to probe with: let the next real delivery be the probe.
+                    await session.execute(
+                        update(WebhookEndpoint)
+                        .where(WebhookEndpoint.id == endpoint)
+                        .values(failing_since=None, backoff_until=None)
+                    )
+                else:
+                    log.info("probing failing webhook endpoint %s", endpoint)
+                    claimed.append(probe)
+            if len(claimed) < limit:
+                claimed += (await session.execute(
+                    CLAIM_DUE_SQL,
+                    {
+                        "token": token,
+                        "hold": self.hold,
+                        "limit": limit - len(claimed),
+                        "per_endpoint": self.settings.webhook_endpoint_concurrency,
+                    },
+                )).scalars()
+            return [Claim(i, token) for i in claimed]
+
+    async def _target(self, session: AsyncSession, row: WebhookDelivery) -> Target | None:
+        if row.endpoint_id is None:
+            return Target(row.url, row.url, await service_settings.service_secret(session), None, {})
+        endpoint = await session.get(WebhookEndpoint, row.endpoint_id)
+        if endpoint is None:
+            return None
+        previous = None
+        expires = endpoint.previous_secret_expires_at
+        if endpoint.previous_secret is not None and expires is not None and expires > events.utcnow():
+            previous = self.sealer.open(endpoint.previous_secret)["secret"]
+        return Target(
+            endpoint.id,
+            endpoint.url,
+            self.sealer.open(endpoint.secret)["secret"],
+            previous,
+            {str(k): str(v) for k, v in (endpoint.headers or {}).items()},
+        )
 
     async def attempt(self, claim: Claim) -> None:
         async with self.db.transaction() as session:
             row = await session.get(WebhookDelivery, claim.delivery_id)
-            secret = await service_settings.service_secret(session)
-        if row is None or row.claim_token != claim.token:
+            if row is None or row.claim_token != claim.token:
+                return
+            target = await self._target(session, row)
+        if target is None:
             return
-        endpoint = self._per_endpoint.setdefault(
-            httpx.URL(row.url).host, asyncio.Semaphore(PER_ENDPOINT_CONCURRENCY)
+        limit = self._per_endpoint.setdefault(
+            target.key, asyncio.Semaphore(self.settings.webhook_endpoint_concurrency)
         )
-        async with endpoint:
-            await self._post(claim, row, secret)
+        if limit.locked():
+            # The endpoint is busy: waiting here could outlast the claim and let
+            # another replica POST the same delivery; the poller paces it instead.
+            await self.release(claim)
+            return
+        async with limit:
+            await self._post(claim, row, target)
 
-    async def _post(self, claim: Claim, row: WebhookDelivery, secret: str) -> None:
+    async def release(self, claim: Claim) -> None:
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == claim.delivery_id, WebhookDelivery.claim_token == claim.token)
+                .values(claim_token=None, claimed_until=None)
+            )
+
+    async def _send(self, row: WebhookDelivery, target: Target) -> tuple[int | None, str | None, str | None]:
+        """POST once: (status, error, response excerpt)."""
+        headers = {
+            **target.headers,
+            **signed_headers(target.secret, row.event_id, int(time.time()), row.payload,
+                             target.previous_secret),
+        }
+        try:
+            # DNS may have changed since the URL was accepted.
+            await urls.check_url(target.url, self.settings.webhooks_allow_private)
+            async with asyncio.timeout(self.settings.webhook_timeout):
+                async with self.http.stream("POST", target.url, content=row.payload, headers=headers) as resp:
+                    return resp.status_code, None, await _read_bounded(resp)
+        except urls.UnsafeUrl as exc:
+            return None, f"refused: {exc}", None
+        except TimeoutError:
+            return None, f"timeout after {self.settings.webhook_timeout:g}s", None
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}", None
+
+    async def _post(self, claim: Claim, row: WebhookDelivery, target: Target) -> None:
         attempt = row.attempts_made + 1
         started = events.utcnow()
         t0 = time.perf_counter()
-        status: int | None = None
-        error: str | None = None
-        excerpt: str | None = None
-        headers = signed_headers(secret, row.event_id, int(time.time()), row.payload)
-        try:
-            async with self.http.stream("POST", row.url, content=row.payload, headers=headers) as resp:
-                status = resp.status_code
-                excerpt = await _read_bounded(resp)
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"
+        status, error, excerpt = await self._send(row, target)
         duration = time.perf_counter() - t0
         WEBHOOK_SECONDS.observe(duration)
         ok = status is not None and 200 <= status < 300
@@ -171,26 +342,25 @@ class Dispatcher:
             error = f"HTTP {status}"
         WEBHOOK_ATTEMPTS.labels("ok" if ok else "error").inc()
         values: dict[str, object] = {
+            "url": target.url,
             "attempts_made": attempt,
             "last_status": status,
             "last_error": error,
             "claim_token": None,
             "claimed_until": None,
         }
+        now = events.utcnow()
         if ok:
-            values.update(state=lifecycle.WEBHOOK_DELIVERED, delivered_at=events.utcnow())
-        elif attempt >= self.settings.webhook_attempts:
-            values.update(state=lifecycle.WEBHOOK_FAILED)
+            values.update(state=lifecycle.WEBHOOK_DELIVERED, delivered_at=now)
         else:
-            values.update(
-                state=lifecycle.WEBHOOK_RETRYING,
-                next_attempt_at=events.utcnow()
-                + timedelta(
-                    seconds=backoff_delay(
-                        attempt, self.settings.webhook_retry_base, self.settings.webhook_retry_max
-                    )
-                ),
+            s = self.settings
+            due = retry.next_attempt_at(
+                attempt, row.retry_from, now, s.webhook_retry_base, s.webhook_retry_max, s.webhook_retry_window
             )
+            if due is None:
+                values.update(state=lifecycle.WEBHOOK_FAILED)
+            else:
+                values.update(state=lifecycle.WEBHOOK_RETRYING, next_attempt_at=due)
         async with self.db.transaction() as session:
             updated = await session.scalar(
                 update(WebhookDelivery)
@@ -211,7 +381,54 @@ class Dispatcher:
                     started_at=started,
                 )
             )
-        log.info("webhook %s %s -> %s", row.event, row.url, status or error)
+            if row.endpoint_id is not None:
+                await self._record_health(session, row.endpoint_id, ok)
+        log.info("webhook %s %s -> %s", row.event, target.url, status or error)
+
+    async def _record_health(self, session: AsyncSession, endpoint_id: str, ok: bool) -> None:
+        endpoint = await session.get(WebhookEndpoint, endpoint_id, with_for_update=True)
+        if endpoint is None:
+            return
+        if ok:
+            if endpoint.consecutive_failures == 0 and endpoint.failing_since is None:
+                return
+            if endpoint.failing_since is not None:
+                log.info("webhook endpoint %s recovered", endpoint_id)
+            endpoint.consecutive_failures = 0
+            endpoint.first_failure_at = endpoint.failing_since = endpoint.backoff_until = None
+            # The endpoint is back: release its waiting retries now rather than at
+            # their backed-off times; the due-poller's per-endpoint cap paces them.
+            await session.execute(
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.endpoint_id == endpoint_id,
+                    WebhookDelivery.state == lifecycle.WEBHOOK_RETRYING,
+                    WebhookDelivery.next_attempt_at > func.now(),
+                )
+                .values(next_attempt_at=func.now())
+            )
+            return
+        s = self.settings
+        health = retry.after_failure(
+            retry.EndpointHealth(
+                endpoint.consecutive_failures,
+                endpoint.first_failure_at,
+                endpoint.failing_since,
+                endpoint.backoff_until,
+            ),
+            events.utcnow(),
+            s.webhook_failing_threshold,
+            s.webhook_failing_after,
+            s.webhook_retry_base,
+            s.webhook_retry_max,
+        )
+        if health.failing_since is not None and endpoint.failing_since is None:
+            log.warning("webhook endpoint %s is failing; backing off until %s", endpoint_id,
+                        events.iso(health.backoff_until))
+        endpoint.consecutive_failures = health.consecutive_failures
+        endpoint.first_failure_at = health.first_failure_at
+        endpoint.failing_since = health.failing_since
+        endpoint.backoff_until = health.backoff_until
 
     async def close(self) -> None:
         await self.http.aclose()

@@ -16,6 +16,7 @@ from mailgate_common.bus import Bus
 from mailgate_common.db import Database
 from mailgate_common.runtime import run
 from mailgate_common.settings import Settings, load_settings_or_exit
+from mailgate_webhooks import maintenance
 from mailgate_webhooks.dispatch import Claim, Dispatcher
 
 log = logging.getLogger("mailgate.webhooks")
@@ -30,12 +31,14 @@ class WebhooksService:
         self.active = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self.poller: asyncio.Task[None] | None = None
+        self.upkeep: asyncio.Task[None] | None = None
         self.stopping = False
 
     async def start(self) -> None:
         await self.bus.connect()
         await self.bus.consume(topology.WEBHOOKS, self.on_event, self.settings.bus_prefetch)
         self.poller = asyncio.create_task(self.poll_due())
+        self.upkeep = asyncio.create_task(self.keep_log())
 
     async def ready(self) -> bool:
         return self.bus.connected and await self.db.ping()
@@ -55,7 +58,7 @@ class WebhooksService:
 
     def _spawn(self, coro: object) -> None:
         self.active += 1
-        task = asyncio.create_task(coro)  # type: ignore[arg-type]
+        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
         self.tasks.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
@@ -82,13 +85,25 @@ class WebhooksService:
             if not claims:
                 await asyncio.sleep(self.settings.webhook_poll_interval)
 
+    async def keep_log(self) -> None:
+        """Expire spent retries and prune old deliveries (retention), periodically."""
+        while not self.stopping:
+            try:
+                await maintenance.run_once(self.settings, self.db)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("webhook log upkeep failed: %r", exc)
+            await asyncio.sleep(maintenance.INTERVAL)
+
     async def stop(self) -> None:
         self.stopping = True
         await self.bus.stop_consuming(grace=10)
-        if self.poller:
-            self.poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.poller
+        for task in (self.poller, self.upkeep):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.tasks:
             await asyncio.wait(self.tasks, timeout=self.settings.webhook_timeout + 5)
         await self.dispatcher.close()

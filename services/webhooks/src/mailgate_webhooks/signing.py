@@ -1,7 +1,8 @@
 """Webhook signatures, verifiable by EmailEngine clients and Standard Webhooks libraries.
 
 * ``X-EE-Wh-Signature``: base64url (no padding) HMAC-SHA256 of the raw body,
-  keyed with the service secret string as EmailEngine does.
+  keyed with the secret string as EmailEngine does (the endpoint's secret,
+  or the service secret for the settings/account URL).
 * ``webhook-id`` / ``webhook-timestamp`` / ``webhook-signature``: the
   Standard Webhooks scheme, ``v1,`` + base64 HMAC-SHA256 of
   ``"{id}.{timestamp}.{body}"`` keyed with the base64 part of ``whsec_…``.
@@ -29,12 +30,19 @@ def standard_signature(secret: str, msg_id: str, timestamp: int, body: bytes) ->
     return "v1," + base64.b64encode(digest).decode()
 
 
-def signed_headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+def signed_headers(
+    secret: str, msg_id: str, timestamp: int, body: bytes, previous: str | None = None
+) -> dict[str, str]:
+    """``previous``: during a secret rotation's overlap the old secret signs too;
+    Standard Webhooks verifiers accept any one of space-separated signatures."""
+    signatures = [standard_signature(secret, msg_id, timestamp, body)]
+    if previous:
+        signatures.append(standard_signature(previous, msg_id, timestamp, body))
     return {
         "content-type": "application/json",
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": standard_signature(secret, msg_id, timestamp, body),
+        "webhook-signature": " ".join(signatures),
         "x-ee-wh-signature": ee_signature(secret, body),
         "x-mailgate-event-id": msg_id,
     }

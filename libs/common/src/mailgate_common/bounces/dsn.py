@@ -35,7 +35,8 @@ _DSN_FIELDS = frozenset(
 )
 # Separates the blank-line delimited field groups of RFC 3464 (one per recipient).
 BLOCK_END = ("", "")
-_ADDR = re.compile(r"[^\s<>()\[\]\"',;:]+@[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+# A quoted local part ("john..doe"@example.org) is kept with its quotes: it is the address.
+_ADDR = re.compile(r"(?:\"[^\"\r\n]+\"|[^\s<>()\[\]\"',;:]+)@[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 
 
 @dataclass
@@ -138,7 +139,10 @@ def build(pairs: list[tuple[str, str]]) -> Dsn:
             continue
         _set(dsn, current, name, value)
     for r in dsn.recipients:
-        if not r.address:
+        # A source route ("@relay:user@host") in Final-Recipient is the MTA's internal
+        # form; the Original-Recipient is the address the sender used.
+        routed = re.search(r"@[^\s:@]+:", r.fields.get("final-recipient", "")) is not None
+        if not r.address or (routed and r.original):
             r.address = r.original
     dsn.recipients = [r for r in dsn.recipients if r.address]
     return dsn

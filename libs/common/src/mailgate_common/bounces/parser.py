@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from email.message import Message
 
-from . import arf, autoreply, codes, dsn, reasons, ses, text
+from . import arf, autoreply, codes, dsn, mlm, reasons, ses, text
 from .mime import Parts, header_text, load, split_parts
 from .model import BouncedRecipient, BounceReport
 
@@ -82,6 +83,10 @@ def _parse(msg: Message, depth: int) -> BounceReport:
         recipients = [r for r in recipients if not _succeeded(r)]
         return BounceReport(kind="bounce", message_id=message_id, recipients=recipients)
 
+    listed = mlm.parse(msg, explanation, message_id)
+    if listed is not None:
+        return listed
+
     subject = header_text(msg, "Subject")
     sender = header_text(msg, "From")
     signals = sum(
@@ -94,7 +99,7 @@ def _parse(msg: Message, depth: int) -> BounceReport:
     )
     is_auto = autoreply.looks_like_autoreply(msg, explanation)
     if signals >= 1 and not (is_auto and signals < 2):
-        recipients = _from_text(msg, explanation, subject, exclude)
+        recipients = _from_text(msg, explanation, subject, exclude, [])
         if recipients:
             return BounceReport(kind="bounce", message_id=message_id, recipients=recipients)
         # Some gateways wrap the real bounce, unchanged, inside their own notice.
@@ -102,6 +107,15 @@ def _parse(msg: Message, depth: int) -> BounceReport:
             nested = _parse(inner, depth + 1)
             if nested.kind == "bounce" and nested.recipients:
                 return nested
+        # ... or paste it, headers and all, as text below their own explanation.
+        pasted = _pasted_message(returned) if depth == 0 else None
+        if pasted is not None:
+            nested = _parse(pasted, depth + 1)
+            if nested.kind == "bounce" and nested.recipients:
+                return nested
+        recipients = _from_text(msg, explanation, subject, exclude, _original_to(parts, returned))
+        if recipients:
+            return BounceReport(kind="bounce", message_id=message_id, recipients=recipients)
     if is_auto:
         # The person who is away is the recipient the auto-reply is about.
         # (A mail system writing "auto-replied" is not a person on holiday.)
@@ -109,6 +123,14 @@ def _parse(msg: Message, depth: int) -> BounceReport:
         found = [BouncedRecipient(address=away, action="", reason="vacation")] if away else []
         return BounceReport(kind="autoreply", message_id=message_id, recipients=found)
     return BounceReport(kind="none", message_id=message_id)
+
+
+def _pasted_message(returned: str) -> Message | None:
+    """A whole message (a bounce forwarded inline) quoted as text after the notice."""
+    m = re.search(r"(?m)^(?:From \S+ .*\n)?(?=(?:Return-Path|Received|Date|From|X-[\w-]+):)", returned)
+    if m is None or not re.search(r"(?im)^content-type:\s*multipart/report", returned):
+        return None
+    return load(returned[m.start() :].encode("utf-8", "surrogateescape"))
 
 
 def _succeeded(r: BouncedRecipient) -> bool:
@@ -154,6 +176,7 @@ def _finish(
     *,
     diagnostic_type: str = "",
     mta: str | None = None,
+    notice: str = "",
 ) -> BouncedRecipient:
     """Status, reply code and reason for one recipient from everything we know about it."""
     reply = codes.find_reply_code(diagnostic) or codes.find_reply_code(context)
@@ -161,9 +184,11 @@ def _finish(
     status = codes.prefer(codes.clean_status(status_field), text_status, reply)
     evidence = codes.join_multiline_reply(diagnostic)
     truncated = re.match(r"\s*[245]\d\d-", diagnostic) is not None and "\n" not in diagnostic
-    if len(evidence) <= 12 or "(in reply to" in context.lower() or truncated:
+    if truncated:
         # A one-line "550-..." is the first line of a multi-line reply (Sendmail keeps only
-        # that in Diagnostic-Code); the rest is in the session transcript.
+        # that in Diagnostic-Code); the whole reply is in the session transcript.
+        evidence = _whole_reply(diagnostic, notice) or evidence
+    if len(evidence) <= 12 or "(in reply to" in context.lower() or truncated:
         # Postfix puts "(in reply to MAIL FROM command)" only in the human-readable part.
         evidence = f"{evidence} {context}".strip()
     facts = reasons.Facts(
@@ -191,19 +216,52 @@ def _finish(
     )
 
 
-def _block_for(address: str, explanation: str) -> str:
+def _whole_reply(first_line: str, notice: str) -> str:
+    """The multi-line SMTP reply whose first line is first_line, as quoted in a transcript.
+
+    Transcript lines carry a prefix ("<<< ") and every line of the reply repeats the code
+    ("550-5.7.1 ..."); the last line has a space after the code instead of the dash.
+    """
+    key = first_line.strip()
+    lines = notice.split("\n")
+    best = ""
+    for i, line in enumerate(lines):
+        at = line.find(key) if key else -1
+        if at < 0:
+            continue
+        prefix = line[:at]
+        out = [line[at:]]
+        for nxt in lines[i + 1 :]:
+            body = nxt[len(prefix) :]
+            if not nxt.startswith(prefix) or not re.match(r"[245]\d\d[- ]", body):
+                break
+            out.append(body)
+            if re.match(r"[245]\d\d ", body):
+                break
+        # The notice may quote the first line alone elsewhere ("(reason: 550-...)").
+        whole = codes.join_multiline_reply(" ".join(out))
+        best = whole if len(whole) > len(best) else best
+    return best
+
+
+def _block_for(address: str, explanation: str, others: Sequence[str] = ()) -> str:
     lines = explanation.split("\n")
     low = address.lower()
+    # A line that names another recipient starts that recipient's own answer.
+    stops = {
+        n for n, line in enumerate(lines) if low not in line.lower() and any(o in line.lower() for o in others)
+    }
     for i, line in enumerate(lines):
         if low in line.lower():
-            return text.block_after(explanation, i, set())
+            return text.block_after(explanation, i, stops)
     return ""
 
 
 def _from_dsn(r: dsn.DsnRecipient, report: dsn.Dsn, explanation: str) -> BouncedRecipient:
+    others = [o.address.lower() for o in report.recipients if o is not r and o.address.lower() != r.address.lower()]
     context = (
-        _block_for(r.address, explanation)
-        or (r.original and _block_for(r.original, explanation))
+        _block_for(r.address, explanation, others)
+        or (r.original and _block_for(r.original, explanation, others))
         or ""
     )
     diagnostic = r.diagnostic
@@ -216,11 +274,22 @@ def _from_dsn(r: dsn.DsnRecipient, report: dsn.Dsn, explanation: str) -> Bounced
         context,
         diagnostic_type=r.diagnostic_type,
         mta=mta,
+        notice=explanation,
     )
 
 
+def _original_to(parts: Parts, returned: str) -> list[str]:
+    """Recipients named in the To: of the returned original (attached or quoted as text)."""
+    for original in parts.originals:
+        found = [m.group(0) for m in text.ADDR_RE.finditer(header_text(original, "To"))]
+        if found:
+            return found
+    m = re.search(r"(?im)^To:[ \t]*(.+)$", returned)
+    return [a.group(0) for a in text.ADDR_RE.finditer(m.group(1))] if m else []
+
+
 def _from_text(
-    msg: Message, explanation: str, subject: str, exclude: set[str]
+    msg: Message, explanation: str, subject: str, exclude: set[str], original_to: list[str]
 ) -> list[BouncedRecipient]:
     # X-Failed-Recipients (Exim, Google) is the MTA's own list: better than any guess.
     failed = [m.group(0) for m in text.ADDR_RE.finditer(header_text(msg, "X-Failed-Recipients"))]
@@ -228,6 +297,13 @@ def _from_text(
     if failed:
         lines = {a.lower(): n for a, n in found}
         found = [(a, lines.get(a.lower(), -1)) for a in dict.fromkeys(failed)]
+    if not found:
+        # The notice names nobody (MMS gateways, terse MTAs): the message it returns was
+        # addressed to the recipient that failed.
+        found = [(a, -1) for a in dict.fromkeys(original_to) if a.lower() not in exclude]
+        guessed = True
+    else:
+        guessed = False
     if not found:
         return []
     delayed = bool(_DELAYED.search(subject)) or bool(_DELAYED.search(explanation))
@@ -240,14 +316,16 @@ def _from_text(
             else text.collapse(explanation)
         )
         host = _REMOTE_HOST.search(block)
-        out.append(
-            _finish(
-                address,
-                "delayed" if delayed else "failed",
-                None,
-                block,
-                text.collapse(explanation),
-                mta=host.group(1) if host else None,
-            )
+        found_one = _finish(
+            address,
+            "delayed" if delayed else "failed",
+            None,
+            block,
+            text.collapse(explanation),
+            mta=host.group(1) if host else None,
         )
+        if guessed and found_one.reason == "onhold":
+            # No answer of any server is quoted for this recipient: nothing to hold on to.
+            found_one.reason = "undefined"
+        out.append(found_one)
     return out

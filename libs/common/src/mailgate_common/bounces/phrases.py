@@ -25,6 +25,7 @@ PHRASES: dict[str, tuple[Phrase, ...]] = {
         "destination server rejected recipients",
         "email address does not exist",
         "email address could not be found",
+        "because the address couldn't be found",
         "invalid address",
         "invalid mailbox",
         "invalid mailbox path",
@@ -170,6 +171,7 @@ PHRASES: dict[str, tuple[Phrase, ...]] = {
     "blocked": (
         " said: 550 blocked",
         "//www.spamcop.net/bl.",
+        "//www.spamhaus.org/query/bl?ip=",
         "bad sender ip address",
         "banned sending ip",
         "blacklisted by",
@@ -252,6 +254,9 @@ PHRASES: dict[str, tuple[Phrase, ...]] = {
         ("your sender's ip address is listed at ", ".abuseat.org"),
     ),
     "rejected": (
+        "all recipient addresses rejected",
+        "mail rejected by destination domain",
+        "mail is rejected by recipients",
         "access denied (in reply to mail from command)",
         "access denied (sender blacklisted)",
         "address rejected",
@@ -427,6 +432,8 @@ PHRASES: dict[str, tuple[Phrase, ...]] = {
         ("this message scored ", " spam points"),
     ),
     "suspend": (
+        "the recipient account is blocked",
+        "is a deactivated mailbox",
         " is currently suspended",
         " temporary locked",
         "archived recipient",
@@ -494,6 +501,11 @@ PHRASES: dict[str, tuple[Phrase, ...]] = {
         "unrouteable mail domain",
     ),
     "authfailure": (
+        "dmarc check failed",
+        "spf check failed",
+        "unauthenticated email from",
+        "fails to pass authentication checks",
+        "is not accepted due to domain's dmarc policy",
         "//spf.pobox.com",
         "bad spf records for",
         "dmarc policy",
@@ -508,6 +520,7 @@ PHRASES: dict[str, tuple[Phrase, ...]] = {
         ("is not allowed to send from <", " per it's spf record"),
     ),
     "policyviolation": (
+        "email policy violation detected",
         "an illegal attachment on your message",
         "because the recipient is not accepting mail with ",
         "by non-member to a members-only list",
@@ -533,6 +546,7 @@ PHRASES: dict[str, tuple[Phrase, ...]] = {
         ("you have exceeded the", "allowable number of posts without solving a captcha"),
     ),
     "securityerror": (
+        "please turn on smtp authentication in your mail client",
         "account not subscribed to ses",
         "authentication credentials invalid",
         "authentication failure",
@@ -578,6 +592,8 @@ PHRASES: dict[str, tuple[Phrase, ...]] = {
         ("service permits ", " unverifyable sending ips"),
     ),
     "systemerror": (
+        # Cloudflare Email Routing (Sisimai rhost/cloudflare.go)
+        "upstream error, please check",
         "aliasing/forwarding loop broken",
         "can't create user output file",
         "could not load drd for domain",
@@ -667,6 +683,11 @@ PHRASES: dict[str, tuple[Phrase, ...]] = {
         "the sending mta's poor reputation",
     ),
     "toomanyconn": (
+        # Tencent (QQ) rate limits, from Sisimai rhost/tencent.go
+        "ip frequency limited",
+        "domain frequency limited",
+        "sender frequency limited",
+        "connection frequency limited",
         "all available ips are at maximum connection limit",
         "connection rate limit exceeded",
         "exceeds per-domain connection limit for",

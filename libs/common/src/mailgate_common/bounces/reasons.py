@@ -196,7 +196,8 @@ _FAMILY: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
             r"recipient name is not recognized|recipient not found by smtp address|"
             r"not listed in (?:domino directory|public name & address book)|"
             r"invalid final delivery userid|mailbox not found|"
-            r"the email address wasn.t found at the destination",
+            r"the email address wasn.t found at the destination|"
+            r"no valid recipients for this mm",  # Verizon MMS gateway (Sisimai lhost/verizon.go)
         ),
         (
             "notaccept",
@@ -370,6 +371,9 @@ def classify(f: Facts) -> str:
     if f.reason and f.reason not in RETRY:
         return f.reason
     family = family_reason(f.diagnostic)
+    if family == "expired" and included_in("mailboxfull", f.diagnostic.lower()):
+        # Exim: "mailbox is full: retry timeout exceeded" - the cause, not the give-up.
+        family = "mailboxfull"
     if family:
         return family
     if f.status.startswith("2."):

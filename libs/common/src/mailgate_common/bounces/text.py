@@ -79,18 +79,28 @@ def _score(line: str, start: int, end: int) -> int:
         return 3  # the address starts the line: the classic list of failed recipients
     if _RECIPIENT_PREFIX.search(line[:start]):
         return 3
+    if re.fullmatch(r"[245]\d\d(?:[ -][245]\.\d{1,3}\.\d{1,3})?", before.strip()) and (
+        after.startswith("...")
+    ):
+        return 3  # Sendmail's per-recipient result line: "550 <addr>... User unknown"
     if not after or after[:1] in (":", "."):
         return 2
     return 1
 
 
+_HELPDESK = re.compile(r"(?i)\b(?:contact|write to|reach us at|questions to)\s*:?\s*<?(" + ADDR + ")")
+
+
 def candidates(notice: str) -> list[Candidate]:
     out: list[Candidate] = []
+    # The helpdesk a notice points to ("please contact <support@...>") is never a failed
+    # recipient, wherever else (e.g. in a translation) the notice repeats it.
+    helpdesk = {m.group(1).lower() for m in _HELPDESK.finditer(notice)}
     for line_no, line in enumerate(notice.split("\n")):
         for m in ADDR_RE.finditer(line):
             address = m.group(0).rstrip(".-")
             local = address.rsplit("@", 1)[0]
-            if _NOT_RECIPIENT_LOCAL.match(local):
+            if _NOT_RECIPIENT_LOCAL.match(local) or address.lower() in helpdesk:
                 continue
             score = _score(line, m.start(), m.end())
             if score > 0:

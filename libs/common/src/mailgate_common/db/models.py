@@ -54,6 +54,12 @@ class Account(Base):
     webhooks: Mapped[str | None]
     extra: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     last_error: Mapped[dict[str, Any] | None]
+    # Sending limits ({"perSecond", "perMinute", "perHour", "perDay", "connections"});
+    # None means the provider's defaults (see mailgate_sender.limits).
+    limits: Mapped[dict[str, Any] | None]
+    # Set when the account's server asked us to slow down (421 / 4.7.x rate limit).
+    throttled_until: Mapped[datetime | None]
+    throttle_level: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
@@ -138,7 +144,23 @@ class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         CheckConstraint(_in("state", WEBHOOK_STATES), name="webhook_state_valid"),
-        UniqueConstraint("event_id", "url", name="webhook_delivery_once"),
+        # Migration 0004: per (event, url) for settings/account URLs, per
+        # (event, endpoint) for webhook endpoints.
+        Index(
+            "webhook_delivery_once",
+            "event_id",
+            "url",
+            unique=True,
+            postgresql_where=text("endpoint_id IS NULL"),
+        ),
+        Index(
+            "webhook_delivery_endpoint_once",
+            "event_id",
+            "endpoint_id",
+            unique=True,
+            postgresql_where=text("endpoint_id IS NOT NULL"),
+        ),
+        Index("webhook_deliveries_endpoint", "endpoint_id", "created_at"),
         Index(
             "webhook_due",
             "next_attempt_at",
@@ -163,6 +185,12 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     delivered_at: Mapped[datetime | None]
+    # None for the settings/account URL; set for a webhook endpoint (0004).
+    endpoint_id: Mapped[str | None] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE", name="webhook_deliveries_endpoint")
+    )
+    # Retries stop webhook_retry_window seconds after this; a replay resets it.
+    retry_from: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class WebhookAttempt(Base):
@@ -192,3 +220,140 @@ class ApiToken(Base):
     scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     last_used_at: Mapped[datetime | None]
+
+
+class WebhookEndpoint(Base):
+    """A subscriber URL with its own filters, headers and signing secret (0004)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    url: Mapped[str]
+    # None: a global endpoint; otherwise it only ever sees this account's events.
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    description: Mapped[str | None]
+    events: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{*}'"))
+    accounts: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    headers: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    # Sealed with crypto.Sealer; the plain secret is shown once, at creation/rotation.
+    secret: Mapped[bytes]
+    previous_secret: Mapped[bytes | None]
+    previous_secret_expires_at: Mapped[datetime | None]
+    consecutive_failures: Mapped[int] = mapped_column(Integer, server_default="0")
+    first_failure_at: Mapped[datetime | None]
+    failing_since: Mapped[datetime | None]
+    backoff_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class Suppression(Base):
+    """An address mailgate must not send to: per account, or for everyone (0006)."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (
+        CheckConstraint("source IN ('bounce', 'complaint', 'manual')", name="suppressions_source_valid"),
+        CheckConstraint("address = lower(address)", name="suppressions_address_lower"),
+        # unique (account_id, address) with NULL (= global) counted as one value.
+        Index(
+            "suppressions_account_address", "account_id", "address", unique=True,
+            postgresql_where=text("account_id IS NOT NULL"),
+        ),
+        Index(
+            "suppressions_global_address", "address", unique=True,
+            postgresql_where=text("account_id IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    # None: suppressed for every account.
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    address: Mapped[str]  # lower-cased
+    reason: Mapped[str]
+    source: Mapped[str]  # bounce | complaint | manual
+    # The bounce or complaint it came from: queueId, messageId, status, diagnostic.
+    details: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class SendWindow(Base):
+    """Messages sent per account per rate window, shared by every sender replica."""
+
+    __tablename__ = "send_windows"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    window: Mapped[str] = mapped_column(primary_key=True)  # second | minute | hour | day
+    starts_at: Mapped[datetime] = mapped_column(primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+
+
+class Mailbox(Base):
+    """A folder of an IMAP account, as imap-sync last saw it."""
+
+    __tablename__ = "mailboxes"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    path: Mapped[str] = mapped_column(primary_key=True)
+    special_use: Mapped[str | None]
+    delimiter: Mapped[str | None]
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    uidnext: Mapped[int | None] = mapped_column(BigInteger)
+    highestmodseq: Mapped[int | None] = mapped_column(BigInteger)
+    messages: Mapped[int] = mapped_column(Integer, server_default="0")
+    synced_at: Mapped[datetime | None]
+
+
+class IndexedMessage(Base):
+    """One message of a synced folder; ``id`` is the stable opaque id the API hands out."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("account_id", "path", "uidvalidity", "uid", name="messages_uid_once"),
+        Index("messages_listing", "account_id", "path", text("uid DESC")),
+        Index("messages_message_id", "account_id", "message_id"),
+    )
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    path: Mapped[str]
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    uid: Mapped[int] = mapped_column(BigInteger)
+    flags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    internal_date: Mapped[datetime | None]
+    message_id: Mapped[str | None]
+    subject: Mapped[str | None]
+    from_addr: Mapped[Any | None] = mapped_column(JSONB)
+    to_addr: Mapped[Any | None] = mapped_column(JSONB)
+    cc_addr: Mapped[Any | None] = mapped_column(JSONB)
+    date: Mapped[datetime | None]
+    in_reply_to: Mapped[str | None]
+    references: Mapped[str | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class AccountLease(Base):
+    """Which imap-sync replica watches an account, until when (renewed by heartbeat)."""
+
+    __tablename__ = "account_leases"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    holder: Mapped[str]
+    expires_at: Mapped[datetime]
+    acquired_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ImapReplica(Base):
+    """A live imap-sync replica (heartbeat), so replicas can share accounts fairly."""
+
+    __tablename__ = "imap_replicas"
+
+    holder: Mapped[str] = mapped_column(primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -22,6 +22,19 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     disabled: bool | None = None
 
 
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class SendLimits(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    """Messages per window and concurrent SMTP connections (per sender replica)."""
+
+    per_second: Positive | None = None
+    per_minute: Positive | None = None
+    per_hour: Positive | None = None
+    per_day: Positive | None = None
+    connections: Positive | None = None
+
+
 class AccountCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     account: AccountId | None = None
     name: str | None = None
@@ -30,6 +43,7 @@ class AccountCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     smtp: ServerSettings | None = None
     copy: bool | None = None
     webhooks: str | None = None
+    limits: SendLimits | None = None
 
 
 class AccountUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
@@ -39,6 +53,7 @@ class AccountUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     smtp: ServerSettings | None = None
     copy: bool | None = None
     webhooks: str | None = None
+    limits: SendLimits | None = None
 
 
 class AccountCreated(msgspec.Struct):
@@ -65,6 +80,8 @@ class AccountView(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=Tr
     imap: dict[str, Any] | bool | None = None
     smtp: dict[str, Any] | None = None
     last_error: dict[str, Any] | None = None
+    limits: dict[str, Any] | None = None
+    throttled_until: str | None = None
     created: str | None = None
 
 

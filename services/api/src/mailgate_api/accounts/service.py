@@ -55,6 +55,8 @@ def apply(account: Account, body: AccountCreate | AccountUpdate, sealer: Sealer)
     for name in ("name", "email", "copy", "webhooks"):
         if name in fields and getattr(body, name) is not None:
             setattr(account, name, getattr(body, name))
+    if body.limits is not None:
+        account.limits = msgspec.to_builtins(body.limits) or None
     if body.smtp is not None:
         account.smtp, secrets_["smtp"] = split_secret(_server_dict(body.smtp))
     if body.imap is False:
@@ -76,6 +78,8 @@ def view(account: Account) -> AccountView:
         imap=account.imap if account.imap is not None else False,
         smtp=account.smtp,
         last_error=account.last_error,
+        limits=account.limits,
+        throttled_until=events.iso(account.throttled_until),
         created=events.iso(account.created_at),
     )
 

@@ -5,7 +5,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, get, post
 
-from mailgate_common import service_settings
+from mailgate_common import service_settings, urls
 from mailgate_common.events import WEBHOOK_EVENT_NAMES
 from mailgate_api.deps import Resources
 from mailgate_api.errors import ApiError
@@ -40,6 +40,11 @@ class SettingsController(Controller):
         if data.webhooks is not None:
             if data.webhooks and not data.webhooks.startswith(("http://", "https://")):
                 raise ApiError(422, "must be an http:// or https:// URL", "webhooks")
+            if data.webhooks:
+                try:
+                    await urls.check_url(data.webhooks, res.settings.webhooks_allow_private)
+                except urls.UnsafeUrl as exc:
+                    raise ApiError(422, f"webhooks: {exc}", "webhooks") from None
             values["webhooks"] = data.webhooks or None
         if data.webhooks_enabled is not None:
             values["webhooksEnabled"] = data.webhooks_enabled

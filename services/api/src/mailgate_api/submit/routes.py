@@ -14,6 +14,7 @@ from mailgate_api.deps import Resources
 from mailgate_api.errors import ApiError
 from mailgate_api.submit import service
 from mailgate_api.submit.schemas import SubmitResponse
+from mailgate_api.suppression.service import screen
 
 IdempotencyKey = Annotated[
     str | None,
@@ -47,6 +48,7 @@ async def submit(
     new.idempotency_key = idempotency_key
     new.request_fingerprint = await request.body() if idempotency_key else None
     new.traceparent = current_traceparent()
+    await screen(res, account, new, data.skip_suppressed)
     try:
         queued = await enqueue(res.db, res.relay, new)
     except IdempotencyConflict as exc:

@@ -1,0 +1,150 @@
+"""The suppression list: addresses mailgate refuses to send to.
+
+An entry belongs to one account, or (account_id None) to every account.  Hard
+bounces and complaints add entries; people add and remove them through the API.
+Every door that accepts mail asks ``suppressed()`` before queueing: REST submit
+answers 422 (or drops the recipients), SMTP answers ``550 5.7.1`` at RCPT.
+
+Addresses are compared lower-cased: mailbox local parts are case-sensitive in
+theory, but no real server treats them so, and a list that misses "Bob@x" after
+"bob@x" bounced would be worse than useless.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, delete, func, or_, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailgate_common.db.models import Suppression
+
+Source = Literal["bounce", "complaint", "manual"]
+SOURCES: tuple[Source, ...] = ("bounce", "complaint", "manual")
+# The reply an SMTP door gives at RCPT for a suppressed recipient (RFC 3463 5.7.1:
+# delivery not authorized, message refused).
+SMTP_REPLY_CODE = 550
+SMTP_STATUS = "5.7.1"
+
+
+@dataclass(frozen=True)
+class Entry:
+    account: str | None  # None: global
+    address: str
+    reason: str
+    source: str
+    details: dict[str, Any] | None
+    created: datetime | None
+
+
+def normalize(address: str) -> str:
+    """The form addresses are stored and compared in."""
+    return address.strip().strip("<>").strip().lower()
+
+
+def _entry(row: Suppression) -> Entry:
+    return Entry(row.account_id, row.address, row.reason, row.source, row.details, row.created_at)
+
+
+async def suppressed(session: AsyncSession, account_id: str | None, addresses: Iterable[str]) -> dict[str, str]:
+    """{address as given: reason} for each address suppressed for this account or globally.
+
+    An account's own entry wins over a global one (its reason is the more specific).
+    """
+    wanted: dict[str, builtins.list[str]] = {}
+    for address in addresses:
+        wanted.setdefault(normalize(address), []).append(address)
+    if not wanted:
+        return {}
+    scope: ColumnElement[bool] = Suppression.account_id.is_(None)
+    if account_id is not None:
+        scope = or_(scope, Suppression.account_id == account_id)
+    rows = await session.execute(
+        select(Suppression.address, Suppression.reason, Suppression.account_id).where(
+            Suppression.address.in_(builtins.list(wanted)), scope
+        )
+    )
+    found: dict[str, str] = {}
+    for address, reason, _owner in sorted(rows, key=lambda r: r[2] is not None):
+        found[address] = reason  # account rows sort last and overwrite global ones
+    return {given: found[key] for key, spellings in wanted.items() if key in found for given in spellings}
+
+
+async def add(
+    session: AsyncSession,
+    account_id: str | None,
+    address: str,
+    reason: str,
+    source: Source = "manual",
+    details: Mapping[str, Any] | None = None,
+) -> Entry:
+    """Add or refresh an entry; the newest reason and details replace older ones."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}")
+    values: dict[str, Any] = {
+        "account_id": account_id,
+        "address": normalize(address),
+        "reason": reason,
+        "source": source,
+        "details": dict(details) if details is not None else None,
+    }
+    stmt = (
+        insert(Suppression)
+        .values(**values)
+        .on_conflict_do_update(
+            index_elements=["account_id", "address"] if account_id is not None else ["address"],
+            index_where=Suppression.account_id.isnot(None)
+            if account_id is not None
+            else Suppression.account_id.is_(None),
+            set_={"reason": reason, "source": source, "details": values["details"]},
+        )
+        .returning(Suppression)
+    )
+    row = (await session.execute(stmt)).scalar_one()
+    return _entry(row)
+
+
+async def remove(session: AsyncSession, account_id: str | None, address: str) -> bool:
+    """Delete one entry (the global one when account_id is None); False if there was none."""
+    scope = Suppression.account_id.is_(None) if account_id is None else Suppression.account_id == account_id
+    result = await session.execute(
+        delete(Suppression).where(scope, Suppression.address == normalize(address)).returning(Suppression.id)
+    )
+    return result.first() is not None
+
+
+async def list_entries(
+    session: AsyncSession, account_id: str | None, offset: int = 0, limit: int = 100
+) -> tuple[builtins.list[Entry], int]:
+    """(entries newest first, total) of one account's list, or of the global list."""
+    scope = Suppression.account_id.is_(None) if account_id is None else Suppression.account_id == account_id
+    total = (await session.execute(select(func.count()).select_from(Suppression).where(scope))).scalar_one()
+    rows = await session.scalars(
+        select(Suppression)
+        .where(scope)
+        .order_by(Suppression.created_at.desc(), Suppression.id.desc())
+        .offset(offset)
+        .limit(limit)
+    )
+    return [_entry(r) for r in rows], int(total)
+
+
+# The verb set the other doors use: suppressed / add / remove / list.
+list = list_entries
+
+
+def bounce_reason(reason: str, status: str | None, hard: bool) -> str:
+    """How a bounce is described on the list: 'hard bounce: userunknown (5.1.1)'."""
+    kind = "hard bounce" if hard else "soft bounce"
+    text = f"{kind}: {reason or 'undefined'}"
+    return f"{text} ({status})" if status else text
+
+
+def smtp_reply(address: str, reason: str) -> tuple[int, str]:
+    """(code, text) an SMTP door answers at RCPT TO for a suppressed recipient."""
+    return SMTP_REPLY_CODE, f"{SMTP_STATUS} <{address}>: recipient is on the suppression list ({reason})"

@@ -1,0 +1,1 @@
+"""Suppression list API: addresses that are never mailed, per account and global."""

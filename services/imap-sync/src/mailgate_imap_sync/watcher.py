@@ -1,0 +1,183 @@
+"""One account's IMAP life: connect, index INBOX, IDLE, react, reconnect with backoff.
+
+    connecting ──login ok──► connected ──(sync, IDLE, sync, …)
+        │                          │ connection lost / error
+        │ rejected login           ▼
+        ├──► authenticationError   backoff, then connecting again
+        │     (retry only after imap_auth_retry: a wrong password must not
+        │      hammer the server or get the mailbox locked)
+        └──► connectError (backoff imap_retry_base … imap_retry_max)
+
+Any IDLE push (EXISTS, EXPUNGE, FETCH) triggers a resync of the folder, which
+diffs UIDs and flags against the index (see ``index.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert
+
+from mailgate_common.backoff import backoff_delay
+from mailgate_common.crypto import CredentialError, Sealer, with_secret
+from mailgate_common.db import Database
+from mailgate_common.db.models import Account, Mailbox
+from mailgate_common.event_relay import EventRelay
+from mailgate_common.settings import Settings
+from mailgate_imap_sync import parse
+from mailgate_imap_sync.client import AuthError, ConnectError, Connection, ImapError, connect
+from mailgate_imap_sync.index import FolderIndex, FolderState
+from mailgate_imap_sync.state import set_state
+
+log = logging.getLogger(__name__)
+
+FETCH_NEW = f"(UID FLAGS RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS ({parse.HEADER_FIELDS})])"
+# Coalesce a burst of IDLE pushes into one resync.
+PUSH_SETTLE = 0.1
+
+
+async def account_settings(db: Database, sealer: Sealer, account: str) -> dict[str, Any] | None:
+    async with db.sessions() as session:
+        row = await session.get(Account, account)
+    if row is None or not row.imap:
+        return None
+    secret = sealer.open(row.credentials).get("imap") if row.credentials else None
+    return with_secret(row.imap, secret)
+
+
+class Watcher:
+    def __init__(self, settings: Settings, db: Database, relay: EventRelay, sealer: Sealer,
+                 account: str) -> None:
+        self.settings = settings
+        self.db = db
+        self.relay = relay
+        self.sealer = sealer
+        self.account = account
+        self.failures = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                imap = await account_settings(self.db, self.sealer, self.account)
+            except CredentialError as exc:
+                await set_state(self.db, self.relay, self.account, "connectError", str(exc))
+                await asyncio.sleep(self.settings.imap_auth_retry)
+                continue
+            if imap is None:
+                return
+            delay = await self._session(imap)
+            await asyncio.sleep(delay)
+
+    async def _session(self, imap: dict[str, Any]) -> float:
+        """One connection's life; returns how long to wait before the next."""
+        await set_state(self.db, self.relay, self.account, "connecting")
+        try:
+            connection = await connect(imap, self.settings.imap_timeout)
+        except AuthError as exc:
+            log.warning("%s: login rejected: %s", self.account, exc)
+            await set_state(self.db, self.relay, self.account, "authenticationError", str(exc))
+            return self.settings.imap_auth_retry
+        except ImapError as exc:
+            log.warning("%s: cannot connect: %s", self.account, exc)
+            await set_state(self.db, self.relay, self.account, "connectError", str(exc))
+            return self._backoff()
+        try:
+            await self._watch(connection)
+            return 0.0
+        except (ImapError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            log.warning("%s: connection failed: %r", self.account, exc)
+            await set_state(self.db, self.relay, self.account, "disconnected", str(exc) or repr(exc))
+            return self._backoff()
+        except Exception as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            log.exception("%s: sync crashed", self.account)
+            await set_state(self.db, self.relay, self.account, "disconnected", repr(exc))
+            return self._backoff()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(connection.close())
+
+    def _backoff(self) -> float:
+        self.failures += 1
+        return backoff_delay(self.failures, self.settings.imap_retry_base, self.settings.imap_retry_max)
+
+    async def _watch(self, connection: Connection) -> None:
+        folders = await connection.list_folders()
+        await self._store_folders(folders)
+        inbox = FolderIndex(self.db, self.account, "INBOX")
+        await self._sync(connection, inbox)
+        # Only now: mail arriving after "connected" is guaranteed to be announced.
+        await set_state(self.db, self.relay, self.account, "connected")
+        self.failures = 0
+        idle = "IDLE" in connection.capabilities
+        while True:
+            if connection.lost.is_set():
+                raise ConnectError("connection lost")
+            if idle:
+                await self._idle(connection)
+            else:
+                await asyncio.sleep(self.settings.imap_poll_interval)
+                await connection.checked(await connection.client.noop(), "NOOP")
+            await self._sync(connection, inbox)
+
+    async def _idle(self, connection: Connection) -> None:
+        """IDLE until the server reports a change, the connection drops or it is time to renew."""
+        client = connection.client
+        idle_task = await client.idle_start(timeout=self.settings.imap_idle_restart)
+        push = asyncio.ensure_future(client.wait_server_push(self.settings.imap_idle_restart + 5))
+        lost = asyncio.ensure_future(connection.lost.wait())
+        try:
+            await asyncio.wait({push, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if lost.done():
+                raise ConnectError("connection lost")
+            await asyncio.sleep(PUSH_SETTLE)
+        except BaseException:
+            # Shutting down or lost: the connection is closed next, no polite DONE.
+            idle_task.cancel()
+            raise
+        finally:
+            push.cancel()
+            lost.cancel()
+        if client.has_pending_idle():
+            client.idle_done()
+        await asyncio.wait_for(idle_task, self.settings.imap_timeout)
+        # Pushes already queued are covered by the resync that follows.
+        while not client.protocol.idle_queue.empty():
+            client.protocol.idle_queue.get_nowait()
+
+    async def _sync(self, connection: Connection, folder: FolderIndex) -> None:
+        info = await connection.select(folder.path)
+        uidvalidity = info.get("uidvalidity", 0)
+        response = await connection.checked(
+            await connection.client.uid("fetch", "1:*", "(UID FLAGS)"), "UID FETCH"
+        )
+        current = {m.uid: m.flags for m in parse.parse_fetch(response.lines)}
+        seen, index = await folder.known(uidvalidity)
+        new = [uid for uid in current if uid not in index]
+        fetched: list[parse.FetchedMessage] = []
+        for start in range(0, len(new), 200):
+            chunk = parse.uid_set(new[start:start + 200])
+            response = await connection.checked(
+                await connection.client.uid("fetch", chunk, FETCH_NEW), "UID FETCH"
+            )
+            fetched += parse.parse_fetch(response.lines)
+        state = FolderState(uidvalidity, info.get("uidnext"), info.get("highestmodseq"), current)
+        staged = await folder.apply(state, index, fetched, announce=seen)
+        await self.relay.publish_committed(staged)
+
+    async def _store_folders(self, folders: list[parse.Folder]) -> None:
+        async with self.db.transaction() as session:
+            for folder in folders:
+                await session.execute(
+                    insert(Mailbox)
+                    .values(account_id=self.account, path=folder.path,
+                            special_use=folder.special_use, delimiter=folder.delimiter)
+                    .on_conflict_do_update(
+                        index_elements=["account_id", "path"],
+                        set_={"special_use": folder.special_use, "delimiter": folder.delimiter},
+                    )
+                )

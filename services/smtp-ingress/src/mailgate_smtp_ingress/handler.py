@@ -1,0 +1,279 @@
+"""The SMTP conversation, as aiosmtpd hooks: one method per command we shape.
+
+aiosmtpd parses the protocol; these hooks decide.  Order of a submission:
+``handle_PROXY`` (when enabled) -> ``handle_EHLO`` (what we offer) ->
+``handle_AUTH`` (may this connection authenticate at all?) -> ``auth_PLAIN`` /
+``auth_LOGIN`` (check the credentials, throttled) -> ``handle_MAIL`` /
+``handle_RCPT`` (envelope, validated) -> ``handle_DATA`` (compose and queue
+through the shared outbox path; "250 queued" only after the commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import logging
+from base64 import b64decode
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.proxy_protocol import ProxyData
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException
+
+from mailgate_common import events, suppression
+from mailgate_common.db import Database
+from mailgate_common.db.models import Account
+from mailgate_common.event_relay import EventRelay
+from mailgate_common.mime import InvalidMessage, normalize_address
+from mailgate_common.outbox import NewMessage, enqueue
+from mailgate_common.settings import Settings
+from mailgate_common.telemetry import current_traceparent
+from mailgate_smtp_ingress import replies
+from mailgate_smtp_ingress.auth import Authenticator, FailureThrottle, Identity, is_loopback
+from mailgate_smtp_ingress.message import Rejected, compose
+
+log = logging.getLogger("mailgate.smtp_ingress")
+
+MAX_RECIPIENTS = 1000
+
+
+@dataclass(frozen=True)
+class Policy:
+    auth_required: bool
+    allow_plaintext_auth: bool
+    max_attempts: int
+    auth_failure_delay: float = 0.5
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(
+            auth_required=settings.smtp_auth,
+            allow_plaintext_auth=settings.smtp_allow_plaintext_auth,
+            max_attempts=settings.delivery_attempts,
+            auth_failure_delay=settings.smtp_auth_failure_delay,
+        )
+
+
+def client_address(session: Session) -> str:
+    """The real client: the PROXY header's source when present, else the TCP peer."""
+    proxy = session.proxy_data
+    if proxy is not None and proxy.src_addr is not None:
+        return str(proxy.src_addr)
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+
+def envelope_address(field: str, address: str) -> str:
+    """A MAIL/RCPT address as stored: valid syntax, IDN as punycode, valid UTF-8."""
+    normalized = normalize_address(field, address)
+    # aiosmtpd keeps undecodable bytes as surrogates; PostgreSQL cannot store them.
+    if not normalized.isprintable() or normalized != normalized.encode("utf-8", "replace").decode():
+        raise InvalidMessage(field, f"{address!r} is not valid UTF-8")
+    return normalized
+
+
+class IngressHandler:
+    def __init__(self, policy: Policy, db: Database, relay: EventRelay,
+                 authenticator: Authenticator, throttle: FailureThrottle | None = None) -> None:
+        self.policy = policy
+        self.db = db
+        self.relay = relay
+        self.authenticator = authenticator
+        self.throttle = throttle or FailureThrottle(base=policy.auth_failure_delay)
+        self._queuing: set[asyncio.Task[str]] = set()
+
+    # --- connection --------------------------------------------------------
+
+    async def handle_PROXY(self, server: SMTP, session: Session, envelope: Envelope,
+                           proxy_data: ProxyData) -> bool:
+        # aiosmtpd only calls this for a header it parsed as valid; anything else
+        # is dropped before the greeting.
+        log.debug("PROXY %s -> %s", proxy_data.src_addr, proxy_data.dst_addr)
+        return True
+
+    def plaintext_auth_ok(self, session: Session) -> bool:
+        """AUTH sends a reusable secret: only over TLS, on loopback, or when the operator says so."""
+        return (
+            session.ssl is not None
+            or self.policy.allow_plaintext_auth
+            or is_loopback(client_address(session))
+        )
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname  # the 5-argument hook must record it itself
+        lines = [server.hostname]
+        if server.data_size_limit:
+            lines.append(f"SIZE {server.data_size_limit}")
+        lines += ["8BITMIME", "SMTPUTF8", "PIPELINING", "ENHANCEDSTATUSCODES"]
+        if server.tls_context is not None and session.ssl is None:
+            lines.append("STARTTLS")
+        if self.plaintext_auth_ok(session):
+            lines.append("AUTH PLAIN LOGIN")
+        lines.append("HELP")
+        return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+
+    # --- authentication ----------------------------------------------------
+
+    async def handle_AUTH(self, server: SMTP, session: Session, envelope: Envelope,
+                          args: list[str]) -> Any:
+        if not self.plaintext_auth_ok(session):
+            return replies.AUTH_NEEDS_TLS
+        return MISSING  # go on with the mechanism (auth_PLAIN / auth_LOGIN below)
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)  # aiosmtpd already answered 501
+        else:
+            try:
+                blob = b64decode(args[1], validate=True)
+            except (binascii.Error, ValueError):
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        assert isinstance(blob, bytes)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await server.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        return await self._verify(server, parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await server.challenge_auth(SMTP.AuthLoginUsernameChallenge)
+            if login is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                login = b64decode(args[1], validate=True)
+            except (binascii.Error, ValueError):
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth(SMTP.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        assert isinstance(login, bytes) and isinstance(password, bytes)
+        return await self._verify(server, login, password)
+
+    async def _verify(self, server: SMTP, login: bytes, password: bytes) -> AuthResult:
+        assert server.session is not None
+        address = client_address(server.session)
+        delay = self.throttle.delay(address)
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            identity = await self.authenticator.check(login, password)
+        except Exception as exc:
+            log.warning("AUTH check failed (%r); answering 454", exc)
+            return AuthResult(success=False, handled=False, message=replies.AUTH_TEMPFAIL)
+        if identity is None:
+            self.throttle.failed(address)
+            log.info("AUTH failed for %r from %s", login[:100], address)
+            return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
+        self.throttle.succeeded(address)
+        log.info("AUTH ok: account %s (%s) from %s", identity.account, identity.via, address)
+        return AuthResult(success=True, auth_data=identity, message=replies.AUTH_OK)
+
+    # --- envelope ----------------------------------------------------------
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if self.policy.auth_required and not session.authenticated:
+            return replies.AUTH_REQUIRED
+        try:
+            normalized = envelope_address("from", address)
+        except InvalidMessage as exc:
+            return replies.bad_address(exc.message)
+        envelope.mail_from = normalized
+        envelope.mail_options.extend(mail_options)
+        return replies.SENDER_OK
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        try:
+            normalized = envelope_address("to", address)
+        except InvalidMessage as exc:
+            return replies.bad_address(exc.message)
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return replies.TOO_MANY_RECIPIENTS
+        identity = session.auth_data if session.authenticated else None
+        # Without AUTH the account is only known at DATA (X-EE-Account): check the
+        # global list now and the account's own list in _queue.
+        account = identity.account if isinstance(identity, Identity) else None
+        try:
+            async with self.db.sessions() as db_session:
+                if await suppression.suppressed(db_session, account, [normalized]):
+                    return replies.suppressed(normalized)
+        except Exception as exc:
+            log.warning("suppression check failed: %r", exc)
+            return replies.RCPT_TEMPFAIL
+        if normalized.lower() not in (r.lower() for r in envelope.rcpt_tos):
+            envelope.rcpt_tos.append(normalized)
+        envelope.rcpt_options.extend(rcpt_options)
+        return replies.RECIPIENT_OK
+
+    # --- message -----------------------------------------------------------
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        identity = session.auth_data if session.authenticated else None
+        if self.policy.auth_required and not isinstance(identity, Identity):
+            return replies.AUTH_REQUIRED
+        data = envelope.original_content or b""
+        assert isinstance(data, bytes) and envelope.mail_from is not None
+        try:
+            message = compose(
+                data,
+                mail_from=envelope.mail_from,
+                rcpt_tos=list(envelope.rcpt_tos),
+                account=identity.account if isinstance(identity, Identity) else None,
+                max_attempts=self.policy.max_attempts,
+                now=events.utcnow(),
+                traceparent=current_traceparent(),
+            )
+        except Rejected as rejected:
+            return rejected.reply
+        # Shielded: a client hanging up mid-commit must not cancel the transaction
+        # halfway; the task finishes and stop() waits for it.
+        checked = isinstance(identity, Identity)  # RCPT already checked the account's list
+        task = asyncio.ensure_future(self._queue(message, client_address(session), checked))
+        self._queuing.add(task)
+        task.add_done_callback(self._queuing.discard)
+        return await asyncio.shield(task)
+
+    async def _queue(self, message: NewMessage, client: str, suppression_checked: bool) -> str:
+        try:
+            async with self.db.sessions() as db_session:
+                account = await db_session.get(Account, message.account_id)
+                if account is None:
+                    return "550 5.7.1 Unknown account"
+                if not account.smtp:
+                    return "550 5.7.1 The account has no SMTP settings to send with"
+                if not suppression_checked:
+                    # Like REST's skipSuppressed: the others still get the message.
+                    hits = await suppression.suppressed(
+                        db_session, message.account_id, message.envelope_to)
+                    message.envelope_to = [r for r in message.envelope_to if r not in hits]
+                    if not message.envelope_to:
+                        return replies.ALL_SUPPRESSED
+            queued = await enqueue(self.db, self.relay, message)
+        except Exception:
+            log.exception("queuing a message from %s failed", client)
+            return replies.INTERNAL
+        log.info("queued %s for account %s from %s (%d recipients)", queued.queue_id,
+                 message.account_id, client, len(message.envelope_to))
+        return replies.queued(queued.queue_id, queued.send_at)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Never leak internals into the reply (aiosmtpd's default echoes the exception).
+        if isinstance(error, TLSSetupException):
+            # The client's failed handshake; aiosmtpd closes the connection.
+            log.info("STARTTLS handshake failed: %r", error.__cause__)
+            return "454 4.7.0 TLS not available due to temporary reason"
+        log.exception("SMTP session error: %r", error)
+        return replies.INTERNAL
+
+    async def drain(self, grace: float) -> None:
+        """Let messages being committed finish before the process exits."""
+        if self._queuing:
+            await asyncio.wait(set(self._queuing), timeout=grace)

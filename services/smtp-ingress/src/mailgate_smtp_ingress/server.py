@@ -1,0 +1,122 @@
+"""aiosmtpd's SMTP protocol, served on the running event loop (no extra thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import weakref
+from typing import AnyStr
+
+from aiosmtpd.smtp import SMTP
+
+from mailgate_common.settings import Settings
+from mailgate_smtp_ingress.handler import IngressHandler
+from mailgate_smtp_ingress.replies import rewrite
+
+# aiosmtpd logs every command line at INFO on "mail.log", AUTH payloads
+# (base64 credentials) included: keep it to warnings and above.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+class _LegacyLoginDataNoise(logging.Filter):
+    """aiosmtpd 1.4 warns on every successful AUTH that a field it sets itself is deprecated."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "login_data is deprecated" not in record.getMessage()
+
+
+logging.getLogger("mail.log").addFilter(_LegacyLoginDataNoise())
+
+IDENT = "mailgate ESMTP"
+IDLE_TIMEOUT = 300.0  # RFC 5321 4.5.3.2.7: at least 5 minutes
+PROXY_TIMEOUT = 10.0
+
+
+class IngressSMTP(SMTP):
+    """aiosmtpd's protocol with our wording on the replies it composes itself."""
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd only expects HeaderParseError, but the email parser raises
+        # others on input like "MAIL FROM:<" (found by the fuzz test).
+        try:
+            return super()._getaddr(arg)
+        except Exception:
+            return None, None  # -> "501 5.1.3 Bad address syntax"
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str):
+            await super().push(rewrite(status))
+        else:
+            await super().push(status)
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not (settings.smtp_tls_cert and settings.smtp_tls_key):
+        return None
+    # Purpose.CLIENT_AUTH: a server context that does not ask clients for certificates.
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.smtp_tls_cert, settings.smtp_tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(
+            "mailgate-smtp-ingress: cannot load MAILGATE_SMTP_TLS_CERT/MAILGATE_SMTP_TLS_KEY "
+            f"({settings.smtp_tls_cert}, {settings.smtp_tls_key}): {exc}"
+        ) from None
+    return context
+
+
+class SmtpServer:
+    def __init__(self, settings: Settings, handler: IngressHandler) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.tls = tls_context(settings)
+        self.server: asyncio.Server | None = None
+        self.connections: weakref.WeakSet[IngressSMTP] = weakref.WeakSet()
+
+    def _protocol(self, hostname: str) -> IngressSMTP:
+        s = self.settings
+        protocol = IngressSMTP(
+            self.handler,
+            data_size_limit=s.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=hostname,
+            ident=IDENT,
+            tls_context=self.tls,
+            timeout=IDLE_TIMEOUT,
+            # The handler enforces both AUTH policies itself (TLS-or-loopback,
+            # auth-required at MAIL), so it can also accept loopback clients.
+            auth_require_tls=False,
+            auth_required=False,
+            proxy_protocol_timeout=PROXY_TIMEOUT if s.smtp_proxy_protocol else None,
+            loop=asyncio.get_running_loop(),
+        )
+        self.connections.add(protocol)
+        return protocol
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Resolved once: aiosmtpd would otherwise call getfqdn() (DNS) per connection.
+        hostname = self.settings.smtp_hostname
+        if not hostname:
+            hostname = str(await loop.run_in_executor(None, socket.getfqdn))
+        self.server = await loop.create_server(
+            lambda: self._protocol(hostname),
+            host=self.settings.smtp_host,
+            port=self.settings.smtp_port,
+            reuse_address=True,
+        )
+
+    def serving(self) -> bool:
+        return self.server is not None and self.server.is_serving()
+
+    async def stop(self, grace: float = 20.0) -> None:
+        if self.server is not None:
+            self.server.close()
+        await self.handler.drain(grace)
+        for protocol in list(self.connections):
+            if protocol.transport is not None:
+                protocol.transport.close()
