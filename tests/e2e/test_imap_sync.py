@@ -3,6 +3,7 @@ webhooks, Sent copies, and the index served over REST."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import time
@@ -13,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from mailgate_common import events
+from mailgate_common.bus import Bus
 from tests.support.dovecot import Dovecot
 from tests.support.smtp_sink import SmtpSink
 from tests.support.stack import IMAP_SYNC_ENV, Stack, wait_for
@@ -222,3 +225,28 @@ def test_two_replicas_split_accounts_and_take_over_from_a_dead_one(
     finally:
         second.kill(signal.SIGTERM)
         stack.services.pop("imap-sync-2", None)
+
+
+def test_set_flags_command_flags_the_message_on_the_server(
+    api: httpx.Client, stack: Stack, dovecot: Dovecot, smtp_sink: SmtpSink,
+    webhook_receiver: WebhookReceiver,
+) -> None:
+    user = dovecot.new_user()
+    account = add_imap_account(api, dovecot, smtp_sink, user)
+    wait_connected(api, account)
+    raw, message_id = mail("answer me", f"{user}@dovecot.test")
+    dovecot.deliver(user, raw)
+    data = hook(webhook_receiver, "messageNew", account, messageId=message_id)["data"]
+
+    async def publish() -> None:
+        # What the sender publishes after delivering a reply to this message.
+        bus = Bus(stack.amqp_url)
+        await bus.connect()
+        await bus.publish(events.ImapSetFlags(account=account, message=data["id"], add=["\\Answered"]))
+        await bus.close()
+
+    asyncio.run(publish())
+    updated = hook(webhook_receiver, "messageUpdated", account, id=data["id"])
+    assert updated["data"]["changes"] == {"flags": {"added": ["\\Answered"]}}
+    flags = dovecot.doveadm("fetch", "-u", user, "flags", "mailbox", "INBOX", "uid", str(data["uid"]))
+    assert "\\Answered" in flags

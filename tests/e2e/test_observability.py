@@ -26,12 +26,15 @@ def test_one_trace_from_submit_through_smtp_to_webhook(
 
     def whole_journey() -> set[tuple[str, str]]:
         names = {(s.service, s.name) for s in otlp_collector.trace(trace_id)}
-        wanted = {("mailgate-sender", "smtp deliver"), ("mailgate-webhooks", "handle message.sent")}
+        wanted = {("mailgate-sender", "smtp deliver"), ("mailgate-webhooks", "webhook POST")}
         return names if wanted <= names else set()
 
     names = wait_for(whole_journey, timeout=15, message="spans of every service in one trace")
     assert ("mailgate-api", f"POST /v1/account/{account}/submit") in names
     assert ("mailgate-sender", "handle submission.queued") in names
+    assert ("mailgate-webhooks", "handle message.sent") in names
+    [hook] = webhook_receiver.received("messageSent", queueId=queue_id)
+    assert hook.headers["traceparent"].split("-")[1] == trace_id
     [smtp] = [s for s in otlp_collector.trace(trace_id) if s.name == "smtp deliver"]
     assert smtp.attributes["mailgate.queue_id"] == queue_id
 

@@ -38,6 +38,11 @@ class Sealer:
         self._key = derive_key(secret)
         self._keys = {_key_id(k): k for k in (self._key, *map(derive_key, previous))}
 
+    @classmethod
+    def from_settings(cls, secret: str, previous: str | None) -> Sealer:
+        """The sealer every service uses: the current secret, plus the previous one during a rotation."""
+        return cls(secret, (previous,) if previous else ())
+
     def seal(self, value: dict[str, Any]) -> bytes:
         nonce = os.urandom(12)
         data = AESGCM(self._key).encrypt(nonce, json.dumps(value).encode(), None)

@@ -26,7 +26,6 @@ from mailgate_common.db.models import OutboxMessage
 from mailgate_common.event_relay import EventRelay
 from mailgate_common.lifecycle import QUEUED
 
-
 SUBMISSIONS = Counter(
     "mailgate_submissions_total", "Messages committed to the outbox", ["source", "result"]
 )

@@ -31,6 +31,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     api_host: str = "127.0.0.1"
     api_port: Port = 3000
+    # Worker processes serving the API (each a full event loop); on Kubernetes
+    # prefer 1 per pod and more pods.
+    api_workers: PositiveInt = 1
     # Public base URL used in webhook bodies (EmailEngine's serviceUrl).
     service_url: str | None = None
     smtp_host: str = "127.0.0.1"

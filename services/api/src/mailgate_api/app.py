@@ -12,11 +12,6 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
-from mailgate_common.bus import Bus
-from mailgate_common.crypto import Sealer
-from mailgate_common.db import Database
-from mailgate_common.event_relay import EventRelay
-from mailgate_common.settings import Settings
 from mailgate_api import health
 from mailgate_api.accounts.routes import AccountController
 from mailgate_api.auth import AuthPlugin
@@ -27,8 +22,13 @@ from mailgate_api.outbox.routes import OutboxController
 from mailgate_api.settings.routes import SettingsController
 from mailgate_api.submit.routes import submit
 from mailgate_api.suppression.routes import SuppressionController
-from mailgate_api.webhooks.routes import WebhookController
 from mailgate_api.tracing import tracing_middleware
+from mailgate_api.webhooks.routes import WebhookController
+from mailgate_common.bus import Bus
+from mailgate_common.crypto import Sealer
+from mailgate_common.db import Database
+from mailgate_common.event_relay import EventRelay
+from mailgate_common.settings import Settings
 
 log = logging.getLogger("mailgate.api")
 
@@ -51,7 +51,7 @@ def create_app(settings: Settings) -> Litestar:
         db=Database(settings.database_url, pool_size=20),
         bus=Bus(settings.amqp_url),
         relay=None,  # type: ignore[arg-type]
-        sealer=Sealer(settings.secret, tuple(filter(None, [settings.secret_previous]))),
+        sealer=Sealer.from_settings(settings.secret, settings.secret_previous),
     )
     resources.relay = EventRelay(resources.db, resources.bus)
 

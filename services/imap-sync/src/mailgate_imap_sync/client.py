@@ -14,7 +14,7 @@ import contextlib
 import ssl
 from typing import Any
 
-from aioimaplib import aioimaplib
+from aioimaplib import aioimaplib  # type: ignore[import-untyped]  # ships no type hints
 
 from mailgate_imap_sync import parse
 

@@ -62,6 +62,10 @@ class FolderIndex:
         self.path = path
         self.special_use = special_use
 
+    async def stored(self) -> Mailbox | None:
+        async with self.db.sessions() as session:
+            return await session.get(Mailbox, (self.account, self.path))
+
     async def known(self, uidvalidity: int) -> tuple[bool, dict[int, tuple[str, list[str]]]]:
         """Whether the folder was indexed under this UIDVALIDITY before, and its rows."""
         async with self.db.sessions() as session:
@@ -149,12 +153,12 @@ class FolderIndex:
                 new = set(clean_flags(flags))
                 if old == new:
                     continue
-                row = await session.get(IndexedMessage, index[uid][0])
-                if row is None:
+                existing = await session.get(IndexedMessage, index[uid][0])
+                if existing is None:
                     continue
-                row.flags = sorted(new)
+                existing.flags = sorted(new)
                 staged.append(events.MessageUpdated(
-                    **_event_fields(row, self.special_use),
+                    **_event_fields(existing, self.special_use),
                     added=sorted(new - old), removed=sorted(old - new),
                 ))
             stage(session, *staged)

@@ -106,6 +106,9 @@ class Watcher:
         return backoff_delay(self.failures, self.settings.imap_retry_base, self.settings.imap_retry_max)
 
     async def _watch(self, connection: Connection) -> None:
+        if "CONDSTORE" in connection.capabilities and "ENABLE" in connection.capabilities:
+            # SELECT then reports HIGHESTMODSEQ and FETCH reports MODSEQ.
+            await connection.client.enable("CONDSTORE")
         folders = await connection.list_folders()
         await self._store_folders(folders)
         inbox = FolderIndex(self.db, self.account, "INBOX")
@@ -152,11 +155,16 @@ class Watcher:
     async def _sync(self, connection: Connection, folder: FolderIndex) -> None:
         info = await connection.select(folder.path)
         uidvalidity = info.get("uidvalidity", 0)
-        response = await connection.checked(
-            await connection.client.uid("fetch", "1:*", "(UID FLAGS)"), "UID FETCH"
-        )
-        current = {m.uid: m.flags for m in parse.parse_fetch(response.lines)}
+        current = await self._changed_flags(connection, folder, info)
         seen, index = await folder.known(uidvalidity)
+        if current is None:
+            response = await connection.checked(
+                await connection.client.uid("fetch", "1:*", "(UID FLAGS)"), "UID FETCH"
+            )
+            current = {m.uid: m.flags for m in parse.parse_fetch(response.lines)}
+        else:
+            # Only flags changed: the index plus the CONDSTORE changes is the folder.
+            current = {uid: flags for uid, (_, flags) in index.items()} | current
         new = [uid for uid in current if uid not in index]
         fetched: list[parse.FetchedMessage] = []
         for start in range(0, len(new), 200):
@@ -168,6 +176,32 @@ class Watcher:
         state = FolderState(uidvalidity, info.get("uidnext"), info.get("highestmodseq"), current)
         staged = await folder.apply(state, index, fetched, announce=seen)
         await self.relay.publish_committed(staged)
+
+    async def _changed_flags(
+        self, connection: Connection, folder: FolderIndex, info: dict[str, int]
+    ) -> dict[int, list[str]] | None:
+        """With CONDSTORE, when no message came or went, fetch only changed flags.
+
+        Same UIDVALIDITY, same UIDNEXT (nothing added) and same count (so
+        nothing removed) leave flag changes as the only possible difference;
+        then ``CHANGEDSINCE`` returns just those, which keeps large folders
+        cheap.  Returns None when a full comparison is needed.
+        """
+        modseq = info.get("highestmodseq")
+        if "CONDSTORE" not in connection.capabilities or modseq is None:
+            return None
+        stored = await folder.stored()
+        if (stored is None or stored.synced_at is None or stored.highestmodseq is None
+                or stored.uidvalidity != info.get("uidvalidity")
+                or stored.uidnext != info.get("uidnext") or stored.messages != info.get("exists")):
+            return None
+        if stored.highestmodseq == modseq:
+            return {}
+        response = await connection.checked(
+            await connection.client.uid("fetch", "1:*", f"(UID FLAGS) (CHANGEDSINCE {stored.highestmodseq})"),
+            "UID FETCH CHANGEDSINCE",
+        )
+        return {m.uid: m.flags for m in parse.parse_fetch(response.lines)}
 
     async def _store_folders(self, folders: list[parse.Folder]) -> None:
         async with self.db.transaction() as session:

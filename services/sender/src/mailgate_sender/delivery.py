@@ -90,7 +90,7 @@ class Deliverer:
         self.db = db
         self.relay = relay
         self.pool = SmtpPool(settings.smtp_timeout, settings.sender_concurrency)
-        self.sealer = Sealer(settings.secret, tuple(filter(None, [settings.secret_previous])))
+        self.sealer = Sealer.from_settings(settings.secret, settings.secret_previous)
         self._accounts: dict[str, tuple[float, Account | None]] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
 

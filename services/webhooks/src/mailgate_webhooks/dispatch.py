@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
@@ -33,11 +34,13 @@ from mailgate_common.crypto import Sealer
 from mailgate_common.db import Database
 from mailgate_common.db.models import Account, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from mailgate_common.settings import Settings
+from mailgate_common.telemetry import current_traceparent
 from mailgate_webhooks import retry
 from mailgate_webhooks.payload import render, wants
 from mailgate_webhooks.signing import signed_headers
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("mailgate.webhooks")
 
 WEBHOOK_ATTEMPTS = Counter("mailgate_webhook_attempts_total", "Webhook POSTs", ["result"])
 WEBHOOK_SECONDS = Histogram("mailgate_webhook_seconds", "Webhook POST latency")
@@ -160,7 +163,7 @@ class Dispatcher:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
         self.db = db
-        self.sealer = Sealer(settings.secret, tuple(filter(None, [settings.secret_previous])))
+        self.sealer = Sealer.from_settings(settings.secret, settings.secret_previous)
         self.http = httpx.AsyncClient(
             timeout=settings.webhook_timeout,
             follow_redirects=False,
@@ -317,6 +320,10 @@ class Dispatcher:
             **signed_headers(target.secret, row.event_id, int(time.time()), row.payload,
                              target.previous_secret),
         }
+        traceparent = current_traceparent()
+        if traceparent:
+            # Lets a subscriber continue the message's trace in its own systems.
+            headers["traceparent"] = traceparent
         try:
             # DNS may have changed since the URL was accepted.
             await urls.check_url(target.url, self.settings.webhooks_allow_private)
@@ -334,7 +341,14 @@ class Dispatcher:
         attempt = row.attempts_made + 1
         started = events.utcnow()
         t0 = time.perf_counter()
-        status, error, excerpt = await self._send(row, target)
+        with tracer.start_as_current_span(
+            "webhook POST",
+            kind=trace.SpanKind.CLIENT,
+            attributes={"mailgate.event_id": row.event_id, "mailgate.event": row.event,
+                        "mailgate.attempt": attempt},
+        ) as span:
+            status, error, excerpt = await self._send(row, target)
+            span.set_attribute("http.response.status_code", status or 0)
         duration = time.perf_counter() - t0
         WEBHOOK_SECONDS.observe(duration)
         ok = status is not None and 200 <= status < 300

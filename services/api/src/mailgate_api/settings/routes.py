@@ -5,10 +5,10 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, get, post
 
-from mailgate_common import service_settings, urls
-from mailgate_common.events import WEBHOOK_EVENT_NAMES
 from mailgate_api.deps import Resources
 from mailgate_api.errors import ApiError
+from mailgate_common import service_settings, urls
+from mailgate_common.events import WEBHOOK_EVENT_NAMES
 
 
 class SettingsUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

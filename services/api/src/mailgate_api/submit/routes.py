@@ -5,16 +5,16 @@ from typing import Annotated
 from litestar import Request, post
 from litestar.params import Parameter
 
-from mailgate_common import events
-from mailgate_common.outbox import IdempotencyConflict, enqueue
-from mailgate_common.submission import SubmitRequest
-from mailgate_common.telemetry import current_traceparent
 from mailgate_api.accounts.service import get_account
 from mailgate_api.deps import Resources
 from mailgate_api.errors import ApiError
 from mailgate_api.submit import service
 from mailgate_api.submit.schemas import SubmitResponse
 from mailgate_api.suppression.service import screen
+from mailgate_common import events
+from mailgate_common.outbox import IdempotencyConflict, enqueue
+from mailgate_common.submission import SubmitRequest
+from mailgate_common.telemetry import current_traceparent
 
 IdempotencyKey = Annotated[
     str | None,
@@ -40,15 +40,16 @@ async def submit(
     res: Resources,
     idempotency_key: IdempotencyKey = None,
 ) -> SubmitResponse:
+    # One short read-only session for the checks; the write is enqueue's own transaction.
     async with res.db.sessions() as session:
         row = await get_account(session, account)
-    if not row.smtp:
-        raise ApiError(422, "account has no SMTP settings to send with", "account")
-    new = service.compose(row, data, res.settings.delivery_attempts, res.settings.max_message_size)
+        if not row.smtp:
+            raise ApiError(422, "account has no SMTP settings to send with", "account")
+        new = service.compose(row, data, res.settings.delivery_attempts, res.settings.max_message_size)
+        await screen(session, account, new, data.skip_suppressed)
     new.idempotency_key = idempotency_key
     new.request_fingerprint = await request.body() if idempotency_key else None
     new.traceparent = current_traceparent()
-    await screen(res, account, new, data.skip_suppressed)
     try:
         queued = await enqueue(res.db, res.relay, new)
     except IdempotencyConflict as exc:

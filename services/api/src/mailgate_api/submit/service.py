@@ -6,12 +6,12 @@ import base64
 import binascii
 from datetime import UTC, datetime
 
+from mailgate_api.errors import ApiError
 from mailgate_common import events
 from mailgate_common.db.models import Account
 from mailgate_common.mime import InvalidMessage, build_message, normalize_address, prepare_raw
 from mailgate_common.outbox import NewMessage
 from mailgate_common.submission import Address, SubmitRequest
-from mailgate_api.errors import ApiError
 
 
 def _send_at(req: SubmitRequest) -> datetime:

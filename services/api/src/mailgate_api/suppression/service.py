@@ -5,7 +5,6 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailgate_api.accounts.service import get_account
-from mailgate_api.deps import Resources
 from mailgate_api.errors import ApiError, not_found
 from mailgate_api.suppression.schemas import SuppressionIn, SuppressionView
 from mailgate_common import events, suppression
@@ -49,13 +48,12 @@ async def remove(session: AsyncSession, account: str | None, address: str) -> No
         raise not_found("Suppression entry", "address")
 
 
-async def screen(res: Resources, account: str, new: NewMessage, skip_suppressed: bool) -> None:
+async def screen(session: AsyncSession, account: str, new: NewMessage, skip_suppressed: bool) -> None:
     """Refuse a submit that would mail a suppressed recipient, or drop just those recipients.
 
     Runs on the envelope (To, Cc and Bcc alike) because that is who would be mailed.
     """
-    async with res.db.sessions() as session:
-        blocked = await suppression.suppressed(session, account, new.envelope_to)
+    blocked = await suppression.suppressed(session, account, new.envelope_to)
     if not blocked:
         return
     details = [
