@@ -94,7 +94,7 @@ def wrk_post(url: str, body: bytes, headers: dict[str, str], connections: int,
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     return WrkResult(rps, p50, p99, int(non2xx.group(1)) if non2xx else 0, total,
-                     " ".join(command[:-3] + ["-s", "post.lua", url]))
+                     " ".join([*command[:-3], "-s", "post.lua", url]))
 
 
 @dataclass

@@ -48,7 +48,8 @@ def run(bench: Bench, rate: float = 100, seconds: int = 10) -> None:
     try:
         account = bench.create_account(sink.port, auth=True)
         with bench.api() as api:
-            api.post("/v1/settings", json={"webhooks": receiver.url, "webhookEvents": ["messageSent"]}).raise_for_status()
+            settings = {"webhooks": receiver.url, "webhookEvents": ["messageSent"]}
+            api.post("/v1/settings", json=settings).raise_for_status()
         count = int(rate * seconds)
         bodies = [json.dumps({"to": [{"address": f"e2e{i}@example.org"}], "subject": f"e2e {i}",
                               "text": "latency"}).encode() for i in range(count)]

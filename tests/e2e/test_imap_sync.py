@@ -104,11 +104,17 @@ def test_new_flagged_and_expunged_mail_produce_webhooks(
     assert deleted["data"]["messageId"] == message_id
 
 
-def test_implicit_tls_account_connects(
+def test_implicit_tls_account_connects_and_deleting_it_disconnects(
     api: httpx.Client, dovecot: Dovecot, smtp_sink: SmtpSink
 ) -> None:
-    account = add_imap_account(api, dovecot, smtp_sink, dovecot.new_user(), secure=True)
+    user = dovecot.new_user()
+    account = add_imap_account(api, dovecot, smtp_sink, user, secure=True)
     wait_connected(api, account)
+    assert dovecot.connections().get(user) == 1
+
+    # Deleting the account closes its IMAP connection without a restart.
+    assert api.delete(f"/v1/account/{account}").status_code == 200
+    wait_for(lambda: user not in dovecot.connections(), timeout=10, message="connection closed")
 
 
 def test_sent_message_is_copied_to_sent_folder(

@@ -66,21 +66,28 @@ def _domain_ascii(domain: str) -> str:
         raise InvalidMessage("domain", f"invalid domain {domain!r}") from exc
 
 
+# RFC 5322 dot-atom local part; non-ASCII letters are allowed for SMTPUTF8 (RFC 6531).
+LOCAL_PART = re.compile(r'[^\s"(),:;<>@\[\\\].]+(\.[^\s"(),:;<>@\[\\\].]+)*')
+QUOTED_LOCAL_PART = re.compile(r'"([^"\\\r\n]|\\.)+"')
+DOMAIN_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
 def normalize_address(field_name: str, address: str) -> str:
     """Validate an addr-spec; IDN domains become punycode (local parts stay UTF-8)."""
     address = _check_value(field_name, address.strip())
     local, sep, domain = address.rpartition("@")
-    if not sep or not local or not domain or " " in address or "<" in address or ">" in address:
-        raise InvalidMessage(field_name, f"{address!r} is not a valid email address")
+    invalid = InvalidMessage(field_name, f"{address!r} is not a valid email address")
+    if not sep or not local or not domain or len(address) > 320:
+        raise invalid
+    if not (LOCAL_PART.fullmatch(local) or QUOTED_LOCAL_PART.fullmatch(local)) or len(local) > 64:
+        raise invalid
     if domain.startswith("[") and domain.endswith("]"):
         return address
     if "." not in domain and domain != "localhost":
         raise InvalidMessage(field_name, f"{address!r} has no valid domain")
     domain = _domain_ascii(domain)
-    try:
-        HeaderAddress(addr_spec=f"{local}@{domain}")
-    except Exception as exc:
-        raise InvalidMessage(field_name, f"{address!r} is not a valid email address") from exc
+    if not all(DOMAIN_LABEL.fullmatch(label) for label in domain.split(".")):
+        raise invalid
     return f"{local}@{domain}"
 
 

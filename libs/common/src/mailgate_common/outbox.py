@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from mailgate_common import events
@@ -91,8 +91,9 @@ async def enqueue(db: Database, relay: EventRelay, msg: NewMessage) -> Queued:
     )
     try:
         async with db.transaction() as session:
-            session.add(
-                OutboxMessage(
+            # Core INSERT: the ORM's unit of work costs more than the statement here.
+            await session.execute(
+                insert(OutboxMessage).values(
                     id=queue_id,
                     account_id=msg.account_id,
                     source=msg.source,
