@@ -255,3 +255,26 @@ def test_raw_submit_strips_bcc_and_adds_missing_headers(
     assert received.message["Message-ID"] == queued["messageId"]
     assert received.message["Date"] and received.message["MIME-Version"] == "1.0"
     assert received.message.get_content().strip() == "raw body"
+
+
+def test_timeline_tells_the_whole_story(
+    api: httpx.Client, account: str, webhook_receiver: WebhookReceiver
+) -> None:
+    queued = submit(api, account, {"to": [{"address": rcpt("defer1")}], "text": "story"})
+    queue_id = queued["queueId"]
+    wait_for(lambda: webhook_receiver.received("messageSent", queueId=queue_id), timeout=20,
+             message="messageSent")
+
+    def story() -> list[dict[str, Any]]:
+        steps: list[dict[str, Any]] = api.get(f"/v1/outbox/{queue_id}/timeline").json()["timeline"]
+        delivered = [s for s in steps if s["step"] == "webhook" and s["detail"].get("status") == 200]
+        return steps if len(delivered) >= 2 else []
+
+    steps = wait_for(story, message="both webhook calls recorded")
+    delivery = [s for s in steps if s["step"] != "webhook"]
+    assert [s["step"] for s in delivery] == ["queued", "deferred", "sent"]
+    assert delivery[1]["detail"]["smtpResponseCode"] == 451 and delivery[2]["detail"]["smtpResponseCode"] == 250
+    hooks = {s["detail"]["event"] for s in steps if s["step"] == "webhook"}
+    assert {"messageDeliveryError", "messageSent"} <= hooks
+    assert [s["at"] for s in steps] == sorted(s["at"] for s in steps)
+    assert api.get(f"/v1/outbox/{queue_id}").json()["timeline"][0]["step"] == "queued"

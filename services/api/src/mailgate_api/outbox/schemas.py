@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import msgspec
 
+from mailgate_api.outbox.timeline import Step
+
 
 class EnvelopeView(msgspec.Struct):
     from_: str = msgspec.field(name="from")
@@ -36,6 +38,13 @@ class OutboxEntry(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=Tr
     last_error: str | None = None
     smtp_response: str | None = None
     attempts_log: list[AttemptView] | None = None
+    timeline: list[Step] | None = None
+
+
+class TimelineView(msgspec.Struct, rename="camel"):
+    queue_id: str
+    state: str
+    timeline: list[Step]
 
 
 class OutboxList(msgspec.Struct):

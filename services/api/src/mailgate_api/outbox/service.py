@@ -5,6 +5,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailgate_api.errors import ApiError, not_found
 from mailgate_api.outbox.schemas import AttemptView, EnvelopeView, OutboxEntry
+from mailgate_api.outbox.timeline import timeline
 from mailgate_common import events, lifecycle
 from mailgate_common.db.models import DeliveryAttempt, OutboxMessage
 
@@ -70,14 +71,21 @@ async def list_entries(
     return list(rows), total
 
 
-async def get_entry(session: AsyncSession, queue_id: str) -> OutboxEntry:
+async def get_row(session: AsyncSession, queue_id: str) -> OutboxMessage:
     row = await session.get(OutboxMessage, queue_id)
     if row is None:
         raise not_found("Queued message", "queueId")
+    return row
+
+
+async def get_entry(session: AsyncSession, queue_id: str) -> OutboxEntry:
+    row = await get_row(session, queue_id)
     attempts = await session.scalars(
-        select(DeliveryAttempt).where(DeliveryAttempt.queue_id == queue_id).order_by(DeliveryAttempt.attempt)
+        select(DeliveryAttempt).where(DeliveryAttempt.queue_id == queue_id).order_by(DeliveryAttempt.id)
     )
-    return entry(row, list(attempts))
+    view = entry(row, list(attempts))
+    view.timeline = await timeline(session, row)
+    return view
 
 
 async def cancel(session: AsyncSession, queue_id: str) -> None:
