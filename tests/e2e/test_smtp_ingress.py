@@ -28,7 +28,7 @@ import pytest
 
 from tests.support.smtp_sink import SmtpSink
 from tests.support.stack import Stack, wait_for
-from tests.support.tokens import create_token, write_settings
+from tests.support.tokens import create_token
 from tests.support.webhook_receiver import WebhookReceiver
 
 HOST = "127.0.0.1"
@@ -176,10 +176,12 @@ def test_smtplib_starttls_auth_plain_rich_message_is_delivered_like_rest(
 
 
 def test_smtplib_auth_login_with_shared_smtp_password(
-    stack: Stack, account: str, smtp_sink: SmtpSink
+    stack: Stack, api: httpx.Client, account: str, smtp_sink: SmtpSink
 ) -> None:
     password = "shared-" + uuid.uuid4().hex
-    write_settings(stack.database_url, {"smtpServerPassword": password})
+    assert api.post("/v1/settings", json={"smtpServerPassword": password}).status_code == 200
+    # Write-only: never read back, not even hashed.
+    assert "smtpServerPassword" not in api.get("/v1/settings").json()
     to = rcpt("login")
     with smtplib.SMTP(HOST, stack.smtp_port, timeout=10) as client:
         client.starttls(context=insecure_tls())

@@ -8,6 +8,7 @@ scheme, so clients configured for EmailEngine keep working.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import time
@@ -56,11 +57,16 @@ class Authenticator:
             stored = (await service_settings.read(session, [SERVER_PASSWORD_SETTING]))[
                 SERVER_PASSWORD_SETTING
             ]
-        if isinstance(stored, str) and stored and hmac.compare_digest(
-            stored.encode(), secret.encode()
-        ):
+        if isinstance(stored, str) and stored and password_matches(stored, secret):
             return Identity(account, "password")
         return None
+
+
+def password_matches(stored: str, given: str) -> bool:
+    """The API stores only ``sha256:<hex>``; a plain value (set by hand) also works."""
+    if stored.startswith("sha256:"):
+        given = "sha256:" + hashlib.sha256(given.encode()).hexdigest()
+    return hmac.compare_digest(stored.encode(), given.encode())
 
 
 def is_loopback(host: str | None) -> bool:

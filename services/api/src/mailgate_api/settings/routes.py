@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import msgspec
@@ -16,6 +17,8 @@ class SettingsUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     webhooks_enabled: bool | None = msgspec.field(name="webhooksEnabled", default=None)
     webhook_events: list[str] | None = msgspec.field(name="webhookEvents", default=None)
     service_url: str | None = msgspec.field(name="serviceUrl", default=None)
+    # Write-only: the shared SMTP submission password (EmailEngine's smtpServerPassword).
+    smtp_server_password: str | None = msgspec.field(name="smtpServerPassword", default=None)
 
 
 class SettingsUpdated(msgspec.Struct):
@@ -55,6 +58,10 @@ class SettingsController(Controller):
             values["webhookEvents"] = data.webhook_events
         if data.service_url is not None:
             values["serviceUrl"] = data.service_url or None
+        if data.smtp_server_password is not None:
+            # Only a hash is kept; GET /v1/settings never lists this key.
+            digest = hashlib.sha256(data.smtp_server_password.encode()).hexdigest()
+            values["smtpServerPassword"] = f"sha256:{digest}" if data.smtp_server_password else None
         async with res.db.transaction() as session:
             await service_settings.write(session, values)
         return SettingsUpdated(updated=sorted(values))
