@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from tests.support.stack import Stack
 
 BENCH_ENV = {
     "MAILGATE_LOG_LEVEL": "WARNING",
+    # Two API processes for two cores; the reference app runs as many.
+    "MAILGATE_API_WORKERS": os.environ.get("MAILGATE_API_WORKERS", "2"),
     "MAILGATE_DELIVERY_RETRY_BASE": "15",
     "MAILGATE_SENDER_CLAIM_TIMEOUT": "120",
     "MAILGATE_SMTP_TIMEOUT": "30",

@@ -49,13 +49,23 @@ class SmtpPool:
         # As many idle connections as we may use at once, so a busy server's
         # connections are reused instead of re-established per message.
         self._max_idle = max_idle_per_server
+        self._tls_contexts: dict[bool, ssl.SSLContext] = {}
         self._idle: dict[SmtpServer, list[tuple[aiosmtplib.SMTP, float]]] = {}
 
+    def _tls_context(self, verify: bool) -> ssl.SSLContext:
+        # Building a context loads the system CA bundle (milliseconds of CPU):
+        # once per process, not once per connection.
+        context = self._tls_contexts.get(verify)
+        if context is None:
+            context = ssl.create_default_context()
+            if not verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            self._tls_contexts[verify] = context
+        return context
+
     async def _connect(self, server: SmtpServer) -> aiosmtplib.SMTP:
-        context = ssl.create_default_context()
-        if not server.verify_tls:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+        context = self._tls_context(server.verify_tls)
         client = aiosmtplib.SMTP(
             hostname=server.host,
             port=server.port,
