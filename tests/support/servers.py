@@ -21,7 +21,11 @@ def _as_postgres(command: str) -> None:
 
 
 class ThrowawayPostgres:
-    def __init__(self) -> None:
+    """``durable=False`` (tests) trades crash safety for speed; benchmarks keep fsync on."""
+
+    def __init__(self, durable: bool = False, max_connections: int = 300) -> None:
+        self.durable = durable
+        self.max_connections = max_connections
         self.base = Path(f"/tmp/mgpg{os.getpid()}")
         self.port = free_port()
         bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
@@ -39,9 +43,10 @@ class ThrowawayPostgres:
             shutil.chown(self.base, "postgres", "postgres")
             _as_postgres(f"{self.bin}/initdb -D {self.base}/data -U postgres -A trust -E UTF8 "
                          "--no-locale --no-sync")
-        _as_postgres(f"{self.bin}/pg_ctl -D {self.base}/data -l {self.base}/pg.log -w -o "
-                     f"'-h 127.0.0.1 -p {self.port} -k {self.base} -c fsync=off "
-                     "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300' start")
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.base} -c max_connections={self.max_connections}"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        _as_postgres(f"{self.bin}/pg_ctl -D {self.base}/data -l {self.base}/pg.log -w -o '{options}' start")
 
     def stop(self) -> None:
         _as_postgres(f"{self.bin}/pg_ctl -D {self.base}/data -m fast -w stop")

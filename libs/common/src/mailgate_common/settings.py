@@ -23,6 +23,8 @@ PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/mailgate"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # Connections each process keeps to PostgreSQL (plus half as many in bursts).
+    db_pool_size: PositiveInt = 8
     # Key material for credentials at rest; the default is for local development only.
     secret: str = "mailgate-development-secret-change-me"
     # During a secret rotation: the old MAILGATE_SECRET, still accepted for reading.
@@ -53,6 +55,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # assumes the claimant died and takes it over.
     sender_claim_timeout: PositiveFloat = 120.0
     smtp_timeout: PositiveFloat = 30.0
+    # Name the sender gives in EHLO; None: this host's FQDN, looked up once at start.
+    smtp_helo_name: str | None = None
     delivery_attempts: PositiveInt = 10
     # First retry delay in seconds; later ones double (with jitter) up to retry_max.
     delivery_retry_base: PositiveFloat = 15.0
@@ -118,6 +122,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     smtp_proxy_protocol: bool = False
     # Name in the 220 greeting and EHLO reply; None means this host's FQDN.
     smtp_hostname: str | None = None
+    # Trusted networks without AUTH: the account for messages lacking X-EE-Account.
+    smtp_default_account: str | None = None
     # Wait before each AUTH from an address with recent failures: this, doubled per failure.
     smtp_auth_failure_delay: PositiveFloat = 0.5
 

@@ -48,7 +48,7 @@ async def _connect_bus(bus: Bus) -> None:
 def create_app(settings: Settings) -> Litestar:
     resources = Resources(
         settings=settings,
-        db=Database(settings.database_url, pool_size=20),
+        db=Database(settings.database_url, pool_size=settings.db_pool_size),
         bus=Bus(settings.amqp_url),
         relay=None,  # type: ignore[arg-type]
         sealer=Sealer.from_settings(settings.secret, settings.secret_previous),

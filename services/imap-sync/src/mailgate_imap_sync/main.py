@@ -46,7 +46,7 @@ WATCHED = Gauge("mailgate_imap_accounts_watched", "Accounts this replica holds a
 class ImapSyncService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.db = Database(settings.database_url)
+        self.db = Database(settings.database_url, pool_size=settings.db_pool_size)
         self.bus = Bus(settings.amqp_url)
         self.relay = EventRelay(self.db, self.bus)
         self.sealer = Sealer(settings.secret)

@@ -89,7 +89,7 @@ class Deliverer:
         self.settings = settings
         self.db = db
         self.relay = relay
-        self.pool = SmtpPool(settings.smtp_timeout, settings.sender_concurrency)
+        self.pool = SmtpPool(settings.smtp_timeout, settings.sender_concurrency, settings.smtp_helo_name)
         self.sealer = Sealer.from_settings(settings.secret, settings.secret_previous)
         self._accounts: dict[str, tuple[float, Account | None]] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}

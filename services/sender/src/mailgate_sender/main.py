@@ -26,7 +26,7 @@ log = logging.getLogger("mailgate.sender")
 class SenderService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.db = Database(settings.database_url, pool_size=max(5, settings.sender_concurrency // 2))
+        self.db = Database(settings.database_url, pool_size=settings.db_pool_size)
         self.bus = Bus(settings.amqp_url)
         self.relay = EventRelay(self.db, self.bus)
         self.deliverer = Deliverer(settings, self.db, self.relay)

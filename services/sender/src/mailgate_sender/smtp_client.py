@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -44,8 +45,11 @@ class SmtpServer:
 class SmtpPool:
     """Idle authenticated connections keyed by server, reused for later messages."""
 
-    def __init__(self, timeout: float, max_idle_per_server: int = 32) -> None:
+    def __init__(self, timeout: float, max_idle_per_server: int = 32, helo_name: str | None = None) -> None:
         self._timeout = timeout
+        # aiosmtplib would otherwise resolve our FQDN on every connection, which
+        # can take most of a second where DNS is slow.
+        self._helo_name = helo_name or socket.getfqdn()
         # As many idle connections as we may use at once, so a busy server's
         # connections are reused instead of re-established per message.
         self._max_idle = max_idle_per_server
@@ -73,6 +77,7 @@ class SmtpPool:
             start_tls=None if not server.secure else False,
             tls_context=context,
             timeout=self._timeout,
+            local_hostname=self._helo_name,
         )
         await client.connect()
         if server.user:

@@ -43,6 +43,8 @@ class Policy:
     allow_plaintext_auth: bool
     max_attempts: int
     auth_failure_delay: float = 0.5
+    # No-auth mode: the account for messages without an X-EE-Account header.
+    default_account: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -51,6 +53,7 @@ class Policy:
             allow_plaintext_auth=settings.smtp_allow_plaintext_auth,
             max_attempts=settings.delivery_attempts,
             auth_failure_delay=settings.smtp_auth_failure_delay,
+            default_account=None if settings.smtp_auth else settings.smtp_default_account,
         )
 
 
@@ -227,6 +230,7 @@ class IngressHandler:
                 mail_from=envelope.mail_from,
                 rcpt_tos=list(envelope.rcpt_tos),
                 account=identity.account if isinstance(identity, Identity) else None,
+                default_account=self.policy.default_account,
                 max_attempts=self.policy.max_attempts,
                 now=events.utcnow(),
                 traceparent=current_traceparent(),

@@ -27,7 +27,7 @@ log = logging.getLogger("mailgate.smtp_ingress")
 class SmtpIngressService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.db = Database(settings.database_url)
+        self.db = Database(settings.database_url, pool_size=settings.db_pool_size)
         self.bus = Bus(settings.amqp_url)
         self.relay = EventRelay(self.db, self.bus)
         handler = IngressHandler(

@@ -61,6 +61,7 @@ def compose(
     account: str | None,
     max_attempts: int,
     now: datetime,
+    default_account: str | None = None,
     traceparent: str | None = None,
 ) -> NewMessage:
     """The outbox row for this message.  ``account`` None: take it from X-EE-Account."""
@@ -75,7 +76,7 @@ def compose(
         raise Rejected("554 5.6.0 Message rejected: malformed header block") from exc
     removed = prepared.removed_headers
     if account is None:
-        account = removed.get(ACCOUNT_HEADER.lower(), "").strip() or None
+        account = removed.get(ACCOUNT_HEADER.lower(), "").strip() or default_account
         if account is None:
             raise Rejected(f"550 5.7.1 No account: authenticate or set the {ACCOUNT_HEADER} header")
         if not account.isprintable() or len(account) > 256:

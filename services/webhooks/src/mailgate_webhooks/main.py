@@ -25,7 +25,7 @@ log = logging.getLogger("mailgate.webhooks")
 class WebhooksService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.db = Database(settings.database_url)
+        self.db = Database(settings.database_url, pool_size=settings.db_pool_size)
         self.bus = Bus(settings.amqp_url)
         self.dispatcher = Dispatcher(settings, self.db)
         self.active = 0

@@ -15,11 +15,13 @@ from sqlalchemy.ext.asyncio import (
 class Database:
     """One engine per process; sessions are short and scoped to one unit of work."""
 
-    def __init__(self, url: str, pool_size: int = 10) -> None:
+    def __init__(self, url: str, pool_size: int = 5) -> None:
         self.engine: AsyncEngine = create_async_engine(
             url,
+            # Small pools: every replica of every service holds its own, and
+            # PostgreSQL's connection limit is shared by all of them.
             pool_size=pool_size,
-            max_overflow=pool_size,
+            max_overflow=max(1, pool_size // 2),
             # No pre-ping: it costs a round trip per checkout (12 % of a submit's CPU).
             # A connection broken by a database restart fails once, is discarded by
             # SQLAlchemy's disconnect detection, and callers retry (API: 503).
