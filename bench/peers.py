@@ -69,7 +69,10 @@ class WrkResult:
 
 
 def _ms(value: str) -> float:
-    number, unit = re.match(r"([\d.]+)(\w+)", value).groups()  # type: ignore[union-attr]
+    found = re.match(r"([\d.]+)(us|ms|s|m)$", value)
+    if found is None:
+        raise RuntimeError(f"unexpected wrk latency {value!r}")
+    number, unit = found.groups()
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
@@ -88,6 +91,8 @@ def wrk_post(url: str, body: bytes, headers: dict[str, str], connections: int,
         command = [require("wrk"), f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
                    "--latency", "-s", str(lua), url]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    if "Latency Distribution" not in out or "Requests/sec" not in out:
+        raise RuntimeError(f"wrk gave no figures:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]

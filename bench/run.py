@@ -13,13 +13,16 @@ from pathlib import Path
 
 from bench.context import Bench, Row, dump_json, machine_facts, new_stack
 from bench.report import write_report
-from bench.scenarios import bounce_parsing, drain, end_to_end, rest_submit
+from bench.scenarios import bounce_parsing, drain, end_to_end, memory, rest_submit, smtp_intake, webhooks
 
 SCENARIOS = {
+    "memory": memory.run,
     "bounce": bounce_parsing.run,
+    "smtp": smtp_intake.run,
     "rest": rest_submit.run,
     "drain": drain.run,
     "e2e": end_to_end.run,
+    "webhooks": webhooks.run,
 }
 RESULTS = Path(__file__).parent / "results"
 

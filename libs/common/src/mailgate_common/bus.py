@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import aio_pika
 import msgspec
@@ -36,6 +38,23 @@ RETRIES_HEADER = "x-mailgate-retries"
 ERROR_HEADER = "x-mailgate-error"
 
 Handler = Callable[[events.AnyEvent], Awaitable[None]]
+
+# RabbitMQ's direct reply-to: replies go straight to the requesting channel,
+# no reply queue to declare or clean up.
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+RPC_STATUS_HEADER = "x-mailgate-status"
+
+
+@dataclass(frozen=True)
+class RpcReply:
+    """An answer to :meth:`Bus.request`; ``status`` follows HTTP (200, 404, 500...)."""
+
+    body: bytes
+    status: int = 200
+    content_type: str | None = None
+
+
+RpcHandler = Callable[[events.AnyEvent], Awaitable[RpcReply]]
 
 EVENTS_PUBLISHED = Counter(
     "mailgate_events_published_total", "Events confirmed by the broker", ["routing_key"]
@@ -63,6 +82,10 @@ class Bus:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._rpc_channel: AbstractRobustChannel | None = None
+        self._rpc_exchange: AbstractExchange | None = None
+        self._rpc_lock = asyncio.Lock()
+        self._pending: dict[str, asyncio.Future[RpcReply]] = {}
 
     async def connect(self) -> None:
         self._connection = await aio_pika.connect_robust(self._url)
@@ -193,6 +216,112 @@ class Bus:
         )
         # The default exchange routes by queue name.
         await self._publish_channel.default_exchange.publish(copy, routing_key=queue_name)
+
+    # --- request/reply ----------------------------------------------------
+
+    async def _reply_channel(self) -> AbstractExchange:
+        async with self._rpc_lock:
+            if self._rpc_exchange is None:
+                assert self._connection is not None, "Bus.connect() first"
+                # Requests must be published on the channel that consumes the replies.
+                channel = await self._connection.channel(publisher_confirms=True)
+                exchange = await topology.declare(channel)
+                replies = await channel.get_queue(DIRECT_REPLY_TO, ensure=False)
+                await replies.consume(self._on_reply, no_ack=True)
+                self._rpc_channel, self._rpc_exchange = channel, exchange
+            return self._rpc_exchange
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        future = self._pending.get(message.correlation_id or "")
+        if future is None or future.done():
+            return  # the caller gave up already
+        status = int(str((message.headers or {}).get(RPC_STATUS_HEADER, 200)))
+        future.set_result(RpcReply(message.body, status, message.content_type))
+
+    async def request(self, event: events.Event, wait: float) -> RpcReply:
+        """Send a request event and wait for one reply; TimeoutError after ``wait`` s."""
+        exchange = await self._reply_channel()
+        correlation_id = uuid.uuid4().hex
+        future: asyncio.Future[RpcReply] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = future
+        try:
+            message = aio_pika.Message(
+                events.encode(event),
+                content_type="application/json",
+                correlation_id=correlation_id,
+                reply_to=DIRECT_REPLY_TO,
+                message_id=event.id,
+                type=event.routing_key,
+                # Nobody should work on a request its caller stopped waiting for.
+                expiration=wait,
+            )
+            await exchange.publish(message, routing_key=event.routing_key)
+            return await asyncio.wait_for(future, wait)
+        finally:
+            self._pending.pop(correlation_id, None)
+
+    async def serve(
+        self, queue: topology.ServiceQueue, handler: RpcHandler, prefetch: int
+    ) -> None:
+        """Answer requests from ``queue`` with ``handler``'s reply; never retried."""
+        assert self._connection is not None, "Bus.connect() first"
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        await topology.declare(channel)
+        amqp_queue = await channel.get_queue(queue.name)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._in_flight.add(task)
+            self._idle.clear()
+            try:
+                await self._answer(queue, channel, message, handler)
+            finally:
+                self._in_flight.discard(task)
+                if not self._in_flight:
+                    self._idle.set()
+
+        tag = await amqp_queue.consume(on_message)
+        self._consumers.append((amqp_queue, tag))
+
+    async def _answer(
+        self,
+        queue: topology.ServiceQueue,
+        channel: AbstractRobustChannel,
+        message: AbstractIncomingMessage,
+        handler: RpcHandler,
+    ) -> None:
+        try:
+            event = events.decode(message.body)
+            with tracer.start_as_current_span(
+                f"answer {event.routing_key}",
+                context=context_from_traceparent(event.traceparent),
+                attributes={"messaging.destination": queue.name},
+            ):
+                reply = await handler(event)
+            EVENTS_CONSUMED.labels(queue.name, "ok").inc()
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            raise
+        except Exception as exc:
+            # The caller is waiting: tell it now rather than retrying behind its back.
+            log.warning("request %s on %s failed: %r", message.type, queue.name, exc)
+            reply = RpcReply(repr(exc).encode(), 500, "text/plain")
+            EVENTS_CONSUMED.labels(queue.name, "failed").inc()
+        if message.reply_to:
+            answer = aio_pika.Message(
+                reply.body,
+                content_type=reply.content_type,
+                correlation_id=message.correlation_id,
+                headers={RPC_STATUS_HEADER: reply.status},
+            )
+            try:
+                await channel.default_exchange.publish(answer, routing_key=message.reply_to)
+            except Exception as exc:  # the caller went away; nothing to do
+                log.info("could not reply to %s: %r", message.type, exc)
+        await message.ack()
 
     async def stop_consuming(self, grace: float = 20.0) -> None:
         """Stop taking new messages and let in-flight handlers finish (or hand back)."""

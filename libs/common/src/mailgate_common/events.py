@@ -173,6 +173,16 @@ class ImapSetFlags(Event, kw_only=True, frozen=True, tag="imap.set_flags"):
     remove: list[str] = msgspec.field(default_factory=list)
 
 
+class ImapFetch(Event, kw_only=True, frozen=True, tag="rpc.imap.fetch"):
+    """Request (RPC, api -> imap-sync): the whole RFC 822 source of an indexed message.
+
+    The reply body is the raw message; a reply with ``x-mailgate-status: 404``
+    means the message is no longer on the server.
+    """
+
+    message: str
+
+
 # --- mailbox changes and account state (imap-sync) --------------------------
 
 
@@ -284,6 +294,7 @@ AnyEvent = (
     | MessageFailed
     | ImapAppendSent
     | ImapSetFlags
+    | ImapFetch
     | MessageNew
     | MessageUpdated
     | MessageDeleted
@@ -311,6 +322,7 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     MessageFailed,
     ImapAppendSent,
     ImapSetFlags,
+    ImapFetch,
     MessageNew,
     MessageUpdated,
     MessageDeleted,

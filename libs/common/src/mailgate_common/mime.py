@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from email import policy
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
-from email.parser import BytesHeaderParser
+from email.parser import BytesHeaderParser, BytesParser
 from email.utils import format_datetime, getaddresses
 
 from mailgate_common.submission import Address, SubmitRequest, as_list
@@ -129,6 +129,7 @@ def build_message(
     default_from: Address | None = None,
     extra_headers: dict[str, str] | None = None,
     now: datetime | None = None,
+    attach_messages: Iterable[tuple[bytes, str]] = (),
 ) -> BuiltMessage:
     """Compose MIME from a structured submit body (``req.raw`` must be None)."""
     sender = req.from_ or default_from
@@ -172,6 +173,13 @@ def build_message(
         if part is not msg:
             # The email package stamps every added part; only the top level needs it.
             del part["MIME-Version"]
+    for raw_message, filename in attach_messages:
+        # message/rfc822 (a forward as attachment): 7bit/8bit as RFC 2046 requires, never base64.
+        inner = BytesParser(policy=policy.SMTP).parsebytes(raw_message)
+        msg.add_attachment(inner, filename=_check_value("attachments", filename))
+        added = msg.get_payload()[-1]
+        assert isinstance(added, EmailMessage)
+        del added["MIME-Version"]
 
     envelope_from = sender.address
     recipients = [a.addr_spec for a in (*to, *cc, *bcc)]

@@ -106,6 +106,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     imap_idle_restart: PositiveFloat = 600.0
     # NOOP polling interval for servers without IDLE.
     imap_poll_interval: PositiveFloat = 15.0
+    # How long the api waits for imap-sync to fetch a message's content (then 504).
+    imap_fetch_timeout: PositiveFloat = 20.0
 
     # Submissions
     max_message_size: PositiveInt = 25 * 1024 * 1024

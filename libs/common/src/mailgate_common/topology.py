@@ -43,6 +43,13 @@ IMAP_SYNC = ServiceQueue("mailgate.imap-sync", ("account.changed", "imap.#"))
 
 QUEUES: tuple[ServiceQueue, ...] = (SENDER, WEBHOOKS, IMAP_SYNC)
 
+# Request/reply: the caller waits, so these have no retry or dead-letter queues
+# (a request nobody answered in time is worthless) and requests carry a TTL.
+# Their keys start with "rpc." so no event binding above (e.g. "imap.#") matches.
+IMAP_RPC = ServiceQueue("mailgate.imap-sync.rpc", ("rpc.imap.fetch",))
+
+RPC_QUEUES: tuple[ServiceQueue, ...] = (IMAP_RPC,)
+
 
 def retry_delay(attempt: int) -> int | None:
     """Delay before retry number ``attempt`` (1-based), or None when retries are spent."""
@@ -57,6 +64,12 @@ async def declare(channel: AbstractChannel) -> AbstractExchange:
     )
     for queue in QUEUES:
         await declare_queue(channel, exchange, queue)
+    for queue in RPC_QUEUES:
+        rpc = await channel.declare_queue(
+            queue.name, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        for key in queue.bindings:
+            await rpc.bind(exchange, routing_key=key)
     return exchange
 
 

@@ -11,11 +11,13 @@ retries the command with its delay queues and dead-letters it at the end.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from sqlalchemy import select
 
 from mailgate_common import events
+from mailgate_common.bus import RpcReply
 from mailgate_common.crypto import Sealer
 from mailgate_common.db import Database
 from mailgate_common.db.models import Account, IndexedMessage, Mailbox, OutboxMessage
@@ -27,6 +29,17 @@ log = logging.getLogger(__name__)
 
 # These servers store a copy of every message sent through their SMTP themselves.
 SELF_COPYING_HOSTS = ("imap.gmail.com", "imap.googlemail.com")
+
+
+LITERAL = re.compile(rb"BODY\[\] \{(\d+)\}$")
+
+
+def _literal(lines: list[Any]) -> bytes | None:
+    """The message source from a ``UID FETCH (BODY.PEEK[])`` response."""
+    for i, line in enumerate(lines[:-1]):
+        if LITERAL.search(bytes(line).rstrip()):
+            return bytes(lines[i + 1])
+    return None
 
 
 def _quote(value: str) -> str:
@@ -110,3 +123,29 @@ class Commands:
                     await connection.checked(response, "UID STORE")
         finally:
             await connection.close()
+
+    async def fetch(self, event: events.ImapFetch) -> RpcReply:
+        """The raw source of an indexed message (request/reply from the api)."""
+        async with self.db.sessions() as session:
+            row = await session.scalar(
+                select(IndexedMessage).where(IndexedMessage.id == event.message,
+                                             IndexedMessage.account_id == (event.account or ""))
+            )
+        if row is None:
+            return RpcReply(b"message is not in the index", 404, "text/plain")
+        connection = await self._connect(row.account_id)
+        if connection is None:
+            return RpcReply(b"account has no IMAP settings", 404, "text/plain")
+        try:
+            info: dict[str, Any] = await connection.select(row.path)
+            if info.get("uidvalidity") != row.uidvalidity:
+                return RpcReply(b"the folder was recreated", 404, "text/plain")
+            # PEEK: reading over the API must not mark the message \Seen.
+            response = await connection.client.uid("fetch", str(row.uid), "(BODY.PEEK[])")
+            await connection.checked(response, "UID FETCH")
+            raw = _literal(response.lines)
+        finally:
+            await connection.close()
+        if raw is None:
+            return RpcReply(b"message was expunged", 404, "text/plain")
+        return RpcReply(raw, 200, "message/rfc822")

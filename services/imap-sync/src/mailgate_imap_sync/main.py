@@ -10,7 +10,8 @@ Three loops:
   settings changed (so an update on any replica reaches the holder);
 * the event relay, for events left behind by a crash.
 
-Commands (``imap.append_sent``, ``imap.set_flags``) are handled by whichever
+Commands (``imap.append_sent``, ``imap.set_flags``) and requests
+(``rpc.imap.fetch``: the api reading a message) are handled by whichever
 replica receives them, over a short-lived connection (see ``commands.py``).
 On SIGTERM the watchers stop and the leases are released, so other replicas
 take the accounts over at their next scan instead of waiting for expiry.
@@ -28,7 +29,7 @@ import uuid
 from prometheus_client import Gauge
 
 from mailgate_common import events, topology
-from mailgate_common.bus import Bus
+from mailgate_common.bus import Bus, RpcReply
 from mailgate_common.crypto import Sealer
 from mailgate_common.db import Database
 from mailgate_common.event_relay import EventRelay
@@ -60,6 +61,7 @@ class ImapSyncService:
     async def start(self) -> None:
         await self.bus.connect()
         await self.bus.consume(topology.IMAP_SYNC, self.on_event, self.settings.bus_prefetch)
+        await self.bus.serve(topology.IMAP_RPC, self.on_request, self.settings.bus_prefetch)
         self.loops = [
             asyncio.create_task(self.scan_loop()),
             asyncio.create_task(self.heartbeat_loop()),
@@ -77,6 +79,11 @@ class ImapSyncService:
             await self.commands.append_sent(event)
         elif isinstance(event, events.ImapSetFlags):
             await self.commands.set_flags(event)
+
+    async def on_request(self, event: events.AnyEvent) -> RpcReply:
+        if isinstance(event, events.ImapFetch):
+            return await self.commands.fetch(event)
+        return RpcReply(f"unknown request {event.routing_key}".encode(), 400, "text/plain")
 
     # --- leases -----------------------------------------------------------
 

@@ -296,6 +296,13 @@ class Deliverer:
             copy = row.copy if row.copy is not None else account.copy if account else None
             if account is not None and account.imap and copy is not False:
                 staged.append(events.ImapAppendSent(account=row.account_id, queue_id=row.id))
+            if row.reference and account is not None and account.imap:
+                # A reply or forward marks the message it answered, as mail clients do.
+                forward = row.reference.get("action") == "forward"
+                staged.append(events.ImapSetFlags(
+                    account=row.account_id, message=str(row.reference.get("message", "")),
+                    add=["$Forwarded" if forward else "\\Answered"],
+                ))
         else:
             retry = outcome.kind == "temporary" and attempt < row.max_attempts
             if retry:

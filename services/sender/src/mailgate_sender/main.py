@@ -35,6 +35,7 @@ class SenderService:
         self.loops: list[asyncio.Task[None]] = []
         self.stopping = False
         self.busy = 0
+        self.slot_freed = asyncio.Event()
 
     async def start(self) -> None:
         await self.bus.connect()
@@ -63,10 +64,15 @@ class SenderService:
 
     async def poll_due(self) -> None:
         while not self.stopping:
+            free = self.settings.sender_concurrency - self.busy
+            if free <= 0:
+                # Busy: wait for a delivery to finish rather than a poll interval.
+                self.slot_freed.clear()
+                await self.slot_freed.wait()
+                continue
             try:
                 # Claim only what can start now; claimed rows wait for nobody.
-                free = self.settings.sender_concurrency - self.busy
-                claims = await self.deliverer.claim_due(free) if free > 0 else []
+                claims = await self.deliverer.claim_due(free)
                 for claim in claims:
                     await self.slots.acquire()
                     self.busy += 1
@@ -78,7 +84,8 @@ class SenderService:
             except Exception as exc:
                 log.warning("due-work poll failed: %r", exc)
                 claims = []
-            if not claims:
+            if len(claims) < free:
+                # Caught up with everything due: look again after the interval.
                 await asyncio.sleep(self.settings.sender_poll_interval)
 
     async def _deliver(self, claim: Claim) -> None:
@@ -90,6 +97,7 @@ class SenderService:
         finally:
             self.busy -= 1
             self.slots.release()
+            self.slot_freed.set()
 
     async def stop(self) -> None:
         self.stopping = True

@@ -29,6 +29,7 @@ class WebhooksService:
         self.bus = Bus(settings.amqp_url)
         self.dispatcher = Dispatcher(settings, self.db)
         self.active = 0
+        self.slot_freed = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
         self.poller: asyncio.Task[None] | None = None
         self.upkeep: asyncio.Task[None] | None = None
@@ -63,6 +64,7 @@ class WebhooksService:
 
         def done(t: asyncio.Task[None]) -> None:
             self.active -= 1
+            self.slot_freed.set()
             self.tasks.discard(t)
             if not t.cancelled() and t.exception() is not None:
                 log.error("webhook attempt crashed: %r", t.exception())
@@ -72,17 +74,21 @@ class WebhooksService:
     async def poll_due(self) -> None:
         while not self.stopping:
             claims: list[Claim] = []
+            free = self.settings.webhook_concurrency - self.active
+            if free <= 0:
+                # Busy: wait for an attempt to finish rather than a poll interval.
+                self.slot_freed.clear()
+                await self.slot_freed.wait()
+                continue
             try:
-                free = self.settings.webhook_concurrency - self.active
-                if free > 0:
-                    claims = await self.dispatcher.claim_due(free)
+                claims = await self.dispatcher.claim_due(free)
                 for claim in claims:
                     self._spawn(self.dispatcher.attempt(claim))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("webhook poll failed: %r", exc)
-            if not claims:
+            if len(claims) < free:
                 await asyncio.sleep(self.settings.webhook_poll_interval)
 
     async def keep_log(self) -> None:

@@ -8,7 +8,7 @@ from litestar.params import Parameter
 from mailgate_api.accounts.service import get_account
 from mailgate_api.deps import Resources
 from mailgate_api.errors import ApiError
-from mailgate_api.submit import service
+from mailgate_api.submit import reference, service
 from mailgate_api.submit.schemas import SubmitResponse
 from mailgate_api.suppression.service import screen
 from mailgate_common import events
@@ -45,7 +45,10 @@ async def submit(
         row = await get_account(session, account)
         if not row.smtp:
             raise ApiError(422, "account has no SMTP settings to send with", "account")
-        new = service.compose(row, data, res.settings.delivery_attempts, res.settings.max_message_size)
+        original = await reference.resolve(session, res.bus, account, data,
+                                           res.settings.imap_fetch_timeout)
+        new = service.compose(row, data, res.settings.delivery_attempts, res.settings.max_message_size,
+                              original)
         await screen(session, account, new, data.skip_suppressed)
     new.idempotency_key = idempotency_key
     new.request_fingerprint = await request.body() if idempotency_key else None

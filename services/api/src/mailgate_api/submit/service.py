@@ -7,6 +7,7 @@ import binascii
 from datetime import UTC, datetime
 
 from mailgate_api.errors import ApiError
+from mailgate_api.submit import reference
 from mailgate_common import events
 from mailgate_common.db.models import Account
 from mailgate_common.mime import InvalidMessage, build_message, normalize_address, prepare_raw
@@ -22,17 +23,33 @@ def _send_at(req: SubmitRequest) -> datetime:
     return max(now, when)
 
 
-def compose(account: Account, req: SubmitRequest, max_attempts: int, max_size: int) -> NewMessage:
-    """Turn a submit body into an outbox row's content; raises ApiError naming the field."""
-    if req.reference is not None:
-        # Replies and forwards need the mailbox index (imap-sync); until the
-        # message is known there, it does not exist for us.
+def compose(
+    account: Account,
+    req: SubmitRequest,
+    max_attempts: int,
+    max_size: int,
+    original: reference.Original | None = None,
+) -> NewMessage:
+    """Turn a submit body into an outbox row's content; raises ApiError naming the field.
+
+    A body with ``reference`` needs the referenced message, resolved beforehand
+    with :func:`reference.resolve`; without it the reference counts as unknown.
+    """
+    if req.reference is not None and original is None:
         raise ApiError(404, "Referenced message not found", "reference.message")
     try:
         if req.raw is not None:
-            return _from_raw(account, req, max_attempts)
+            new = _from_raw(account, req, max_attempts)
+            new.reference = reference.stored(original) if original else None
+            return new
         default_from = Address(address=account.email, name=account.name) if account.email else None
-        built = build_message(req, default_from=default_from)
+        headers: dict[str, str] = {}
+        attach: list[tuple[bytes, str]] = []
+        if original is not None:
+            applied = reference.apply(req, original, account.email)
+            req, headers, attach = applied.request, applied.headers, applied.attach_messages
+        built = build_message(req, default_from=default_from, extra_headers=headers,
+                              attach_messages=attach)
     except InvalidMessage as exc:
         raise ApiError(422, exc.message, exc.field) from exc
     if len(built.raw) > max_size:
@@ -47,6 +64,7 @@ def compose(account: Account, req: SubmitRequest, max_attempts: int, max_size: i
         send_at=_send_at(req),
         max_attempts=req.delivery_attempts or max_attempts,
         copy=req.copy,
+        reference=reference.stored(original) if original else None,
     )
 
 
