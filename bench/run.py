@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench.context import Bench, Row, dump_json, machine_facts, new_stack
 from bench.report import write_report
-from bench.scenarios import bounce_parsing, drain, end_to_end, memory, rest_submit, smtp_intake, webhooks
+from bench.scenarios import bounce_parsing, drain, end_to_end, imap, memory, rest_submit, smtp_intake, webhooks
 
 SCENARIOS = {
     "memory": memory.run,
@@ -23,6 +23,7 @@ SCENARIOS = {
     "drain": drain.run,
     "e2e": end_to_end.run,
     "webhooks": webhooks.run,
+    "imap": imap.run,
 }
 RESULTS = Path(__file__).parent / "results"
 

@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.context import Bench, Row
+from bench.context import Bench, Row, new_stack
+from tests.support.stack import Stack
 
 
 def rss_kb(pid: int) -> int:
@@ -24,8 +25,18 @@ def rss_kb(pid: int) -> int:
 
 
 def run(bench: Bench) -> None:
-    time.sleep(5)
-    services = {name: s for name, s in bench.stack.services.items() if s.proc is not None}
+    # The default configuration (one API process), not the benchmark's tuned one.
+    stack = new_stack({"MAILGATE_API_WORKERS": "1"})
+    try:
+        stack.start_default()
+        time.sleep(5)
+        _measure(bench, stack)
+    finally:
+        stack.destroy()
+
+
+def _measure(bench: Bench, stack: Stack) -> None:
+    services = {name: s for name, s in stack.services.items() if s.proc is not None}
     ours = sum(rss_kb(s.proc.pid) for s in services.values() if s.proc) / 1024
     bare = [subprocess.Popen([sys.executable, "-c", "import asyncio, time; time.sleep(30)"]) for _ in services]
     time.sleep(1)

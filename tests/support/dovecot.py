@@ -80,6 +80,10 @@ namespace inbox {{
 protocol imap {{
   mail_max_userip_connections = 500
 }}
+# Room for one connection per account when a benchmark watches 1,000 accounts.
+default_process_limit = 1500
+default_client_limit = 3000
+default_vsz_limit = 512M
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1

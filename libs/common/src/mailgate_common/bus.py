@@ -226,10 +226,18 @@ class Bus:
                 # Requests must be published on the channel that consumes the replies.
                 channel = await self._connection.channel(publisher_confirms=True)
                 exchange = await topology.declare(channel)
-                replies = await channel.get_queue(DIRECT_REPLY_TO, ensure=False)
-                await replies.consume(self._on_reply, no_ack=True)
+                await self._consume_replies(channel)
+                # The pseudo-queue is not declared, so aio-pika would not restore
+                # its consumer after a reconnect; do it ourselves.
+                channel.reopen_callbacks.add(self._consume_replies)
                 self._rpc_channel, self._rpc_exchange = channel, exchange
             return self._rpc_exchange
+
+    async def _consume_replies(self, channel: AbstractRobustChannel | None, /) -> None:
+        if channel is None:
+            return
+        replies = await channel.get_queue(DIRECT_REPLY_TO, ensure=False)
+        await replies.consume(self._on_reply, no_ack=True)
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         future = self._pending.get(message.correlation_id or "")

@@ -88,9 +88,11 @@ def _decoded_text(part: Message) -> str:
         return ""
     charset = part.get_content_charset() or "utf-8"
     try:
-        return payload.decode(charset, errors="replace")
+        text = payload.decode(charset, errors="replace")
     except LookupError:  # an unknown charset name
-        return payload.decode("utf-8", errors="replace")
+        text = payload.decode("utf-8", errors="replace")
+    # CRLF is wire format; JSON consumers expect plain newlines.
+    return text.replace("\r\n", "\n")
 
 
 def _encoded_size(part: Message) -> int:
@@ -191,7 +193,7 @@ def message_json(raw: bytes, message_id: str) -> dict[str, Any]:
         "date": _date(message),
         "subject": header_text(message, "subject"),
         "from": senders[0] if senders else None,
-        "sender": (addresses(message, "sender") or [None])[0],
+        "sender": next(iter(addresses(message, "sender")), None),
         "to": addresses(message, "to"),
         "cc": addresses(message, "cc"),
         "bcc": addresses(message, "bcc"),
@@ -211,7 +213,8 @@ def attachment(raw: bytes, section: str) -> AttachmentData | None:
         if msg.get_content_maintype() == "message":
             # An attached message is downloaded as the message itself (.eml).
             inner = msg.get_payload()
-            data = inner[0].as_bytes() if isinstance(inner, list) and inner else b""
+            first = inner[0] if isinstance(inner, list) and inner else None
+            data = first.as_bytes() if isinstance(first, Message) else b""
         else:
             payload = msg.get_payload(decode=True)
             data = payload if isinstance(payload, bytes) else b""

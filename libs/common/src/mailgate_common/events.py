@@ -286,6 +286,69 @@ class AccountState(Event, kw_only=True, frozen=True, tag="account.state"):
         return data
 
 
+# --- bounces and complaints (imap-sync) -------------------------------------
+
+
+class MessageBounce(Event, kw_only=True, frozen=True, tag="message.bounce"):
+    """A bounce for one recipient found in INBOX, linked to the sent message when known."""
+
+    webhook_event: ClassVar[str | None] = "messageBounce"
+    bounce_message: str  # index id of the DSN in INBOX
+    recipient: str
+    action: str | None = None
+    status: str | None = None
+    response_source: str | None = None  # Diagnostic-Code type, e.g. "smtp"
+    response_message: str | None = None
+    reply_code: int | None = None
+    mta: str | None = None
+    message_id: str | None = None  # Message-ID of the original message
+    queue_id: str | None = None
+    reason: str = "undefined"
+    hard: bool = False
+
+    def webhook_data(self) -> dict[str, Any]:
+        response = {k: v for k, v in (("source", self.response_source), ("message", self.response_message),
+                                      ("status", self.status)) if v is not None}
+        data: dict[str, Any] = {
+            "bounceMessage": self.bounce_message,
+            "recipient": self.recipient,
+            "action": self.action,
+            "response": response,
+            "mta": self.mta,
+            "messageId": self.message_id,
+            "queueId": self.queue_id,
+            "reason": self.reason,
+            "hard": self.hard,
+        }
+        return data
+
+
+class MessageComplaint(Event, kw_only=True, frozen=True, tag="message.complaint"):
+    """A feedback-loop complaint (ARF) found in INBOX, linked to the sent message when known."""
+
+    webhook_event: ClassVar[str | None] = "messageComplaint"
+    complaint_message: str  # index id of the report in INBOX
+    recipient: str
+    feedback_type: str | None = None
+    message_id: str | None = None
+    queue_id: str | None = None
+
+    def webhook_data(self) -> dict[str, Any]:
+        # EmailEngine nests the ARF fields under complaint.arf / complaint.headers;
+        # the flat fields are mailgate's, so subscribers need not dig.
+        return {
+            "complaintMessage": self.complaint_message,
+            "recipient": self.recipient,
+            "feedbackType": self.feedback_type,
+            "messageId": self.message_id,
+            "queueId": self.queue_id,
+            "complaint": {
+                "arf": {"feedbackType": self.feedback_type, "originalRcptTo": [self.recipient]},
+                "headers": {"messageId": self.message_id},
+            },
+        }
+
+
 AnyEvent = (
     SubmissionQueued
     | AccountChanged
@@ -299,6 +362,8 @@ AnyEvent = (
     | MessageUpdated
     | MessageDeleted
     | AccountState
+    | MessageBounce
+    | MessageComplaint
 )
 
 _encoder = msgspec.json.Encoder()
@@ -327,6 +392,8 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     MessageUpdated,
     MessageDeleted,
     AccountState,
+    MessageBounce,
+    MessageComplaint,
 )
 
 # EmailEngine webhook names subscribers may filter on (settings.webhookEvents).

@@ -177,7 +177,9 @@ def build_message(
         # message/rfc822 (a forward as attachment): 7bit/8bit as RFC 2046 requires, never base64.
         inner = BytesParser(policy=policy.SMTP).parsebytes(raw_message)
         msg.add_attachment(inner, filename=_check_value("attachments", filename))
-        added = msg.get_payload()[-1]
+        payload = msg.get_payload()
+        assert isinstance(payload, list)
+        added = payload[-1]
         assert isinstance(added, EmailMessage)
         del added["MIME-Version"]
 

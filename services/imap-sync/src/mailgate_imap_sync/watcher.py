@@ -27,14 +27,16 @@ from mailgate_common.db import Database
 from mailgate_common.db.models import Account, Mailbox
 from mailgate_common.event_relay import EventRelay
 from mailgate_common.settings import Settings
-from mailgate_imap_sync import parse
+from mailgate_imap_sync import bounces, parse
 from mailgate_imap_sync.client import AuthError, ConnectError, Connection, ImapError, connect
 from mailgate_imap_sync.index import FolderIndex, FolderState
 from mailgate_imap_sync.state import set_state
 
 log = logging.getLogger(__name__)
 
-FETCH_NEW = f"(UID FLAGS RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS ({parse.HEADER_FIELDS})])"
+# The bounce hint fields ride along so deciding what to check costs no round trip.
+FETCH_NEW = (f"(UID FLAGS RFC822.SIZE INTERNALDATE "
+             f"BODY.PEEK[HEADER.FIELDS ({parse.HEADER_FIELDS} {bounces.HINT_FIELDS})])")
 # Coalesce a burst of IDLE pushes into one resync.
 PUSH_SETTLE = 0.1
 
@@ -173,6 +175,11 @@ class Watcher:
                 await connection.client.uid("fetch", chunk, FETCH_NEW), "UID FETCH"
             )
             fetched += parse.parse_fetch(response.lines)
+        if seen and fetched and folder.path == "INBOX":
+            # Before the index commit: a crash in between re-checks the same mail
+            # on the next sync, and the bounces table drops the repeat.
+            await bounces.check_new(connection, self.db, self.relay, self.account, folder.path,
+                                    uidvalidity, fetched)
         state = FolderState(uidvalidity, info.get("uidnext"), info.get("highestmodseq"), current)
         staged = await folder.apply(state, index, fetched, announce=seen)
         await self.relay.publish_committed(staged)

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 from opentelemetry import trace
 from prometheus_client import Counter, Histogram
-from sqlalchemy import select, text, update
+from sqlalchemy import insert, select, text, update
 
 from mailgate_common import events, lifecycle
 from mailgate_common.backoff import backoff_delay
@@ -355,6 +355,11 @@ class Deliverer:
         if transition.to_state in lifecycle.FINAL_STATES:
             values["finished_at"] = events.utcnow()
         async with self.db.transaction() as session:
+            if outcome.kind == "sent":
+                # The server already holds the message: what matters now is recording
+                # that before this process can die, not waiting for the disk.  (A
+                # database crash in the next moment could only cause a resend.)
+                await session.execute(text("SET LOCAL synchronous_commit = off"))
             result = await session.execute(
                 update(OutboxMessage)
                 .where(
@@ -364,13 +369,14 @@ class Deliverer:
                 )
                 .values(**values)
                 .returning(OutboxMessage.id)
+                .execution_options(synchronize_session=False)
             )
             if result.scalar_one_or_none() is None:
                 # Our claim lapsed and another sender took over: it records the outcome.
                 log.warning("lost claim on %s before recording %s", row.id, outcome.kind)
                 return
-            session.add(
-                DeliveryAttempt(
+            await session.execute(
+                insert(DeliveryAttempt).values(
                     queue_id=row.id,
                     attempt=attempt,
                     outcome={"sent": "sent"}.get(outcome.kind, transition.to_state),

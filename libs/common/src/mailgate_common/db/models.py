@@ -357,3 +357,37 @@ class ImapReplica(Base):
 
     holder: Mapped[str] = mapped_column(primary_key=True)
     seen_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Bounce(Base):
+    """A bounce or complaint found in an account's INBOX, one row per recipient (0008)."""
+
+    __tablename__ = "bounces"
+    __table_args__ = (
+        CheckConstraint("kind IN ('bounce', 'complaint')", name="bounces_kind_valid"),
+        # A resync of the same INBOX message must never record (or announce) twice.
+        UniqueConstraint("account_id", "bounce_message", "recipient", name="bounces_once"),
+        Index("bounces_queue", "queue_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    # The sent message it is about; None when no outbox row has its Message-ID.
+    queue_id: Mapped[str | None] = mapped_column(ForeignKey("outbox.id", ondelete="SET NULL"))
+    message_id: Mapped[str | None]  # Message-ID of the original message
+    kind: Mapped[str]  # bounce | complaint
+    recipient: Mapped[str]
+    action: Mapped[str | None]
+    status: Mapped[str | None]
+    reply_code: Mapped[int | None] = mapped_column(Integer)
+    diagnostic: Mapped[str | None]
+    reason: Mapped[str]
+    hard: Mapped[bool] = mapped_column(Boolean)
+    mta: Mapped[str | None]
+    feedback_type: Mapped[str | None]
+    bounce_message: Mapped[str]  # index id of the DSN / report in INBOX
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+# Bounces are linked to what was sent by Message-ID (0008).
+Index("outbox_message_id", OutboxMessage.message_id)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailgate_common import events, lifecycle
-from mailgate_common.db.models import DeliveryAttempt, OutboxMessage, WebhookAttempt, WebhookDelivery
+from mailgate_common.db.models import Bounce, DeliveryAttempt, OutboxMessage, WebhookAttempt, WebhookDelivery
 
 
 class Step(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -71,7 +71,17 @@ async def _webhooks(session: AsyncSession, row: OutboxMessage) -> list[tuple[dat
     return steps
 
 
-SOURCES: list[Source] = [_lifecycle, _attempts, _webhooks]
+async def _bounces(session: AsyncSession, row: OutboxMessage) -> list[tuple[datetime, Step]]:
+    rows = await session.scalars(select(Bounce).where(Bounce.queue_id == row.id).order_by(Bounce.id))
+    return [
+        _step(b.created_at, b.kind, recipient=b.recipient, action=b.action, status=b.status,
+              reason=b.reason, hard=b.hard, diagnostic=b.diagnostic, mta=b.mta,
+              feedbackType=b.feedback_type, bounceMessage=b.bounce_message)
+        for b in rows
+    ]
+
+
+SOURCES: list[Source] = [_lifecycle, _attempts, _webhooks, _bounces]
 
 
 async def timeline(session: AsyncSession, row: OutboxMessage) -> list[Step]:

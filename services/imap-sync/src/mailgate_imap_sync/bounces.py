@@ -1,0 +1,214 @@
+"""Bounces and complaints among new INBOX mail: detect, link, record, suppress, announce.
+
+The watcher calls ``check_new()`` once per sync with the messages that just
+appeared.  For those worth a look it fetches the source (``BODY.PEEK[]``, so
+``\\Seen`` is left alone), runs the bounce parser, and in ONE transaction
+records a ``bounces`` row per recipient, adds hard bounces and complaints to
+the suppression list and stages ``message.bounce`` / ``message.complaint``.
+The unique key (account, bounce message, recipient) makes this idempotent: a
+resync, a redelivery of the same INBOX message or a crash before the index
+commit re-runs the check and records nothing twice.
+
+Which messages are fetched (measured on the Sisimai corpus, 832 messages):
+bounces are small (median 2.6 KB, largest 73 KB), but 17 of them (2%) carry no
+tell-tale header (Hotmail FBL, SES over SNS, KDDI, Verizon: From ``no-reply``
+or ``post_master``, plain Content-Type, no Auto-Submitted).  A header-only
+filter would miss those, so every new message up to ``SMALL`` is checked, and
+messages with a report/auto header up to ``LARGEST``.  Anything larger without
+a hint is ordinary mail with attachments and is never downloaded for this.
+Parsing costs ~1.3 ms per message; the extra ``UID FETCH`` is one round trip
+per batch, not per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import Any
+
+from prometheus_client import Counter
+from sqlalchemy import case, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailgate_common import events, suppression
+from mailgate_common.bounces import BounceReport, parse_bounce
+from mailgate_common.db import Database
+from mailgate_common.db.models import Bounce, OutboxMessage
+from mailgate_common.event_relay import EventRelay, stage
+from mailgate_imap_sync import parse
+from mailgate_imap_sync.client import Connection
+
+log = logging.getLogger(__name__)
+
+BOUNCES = Counter("mailgate_bounces_total", "Bounces and complaints recorded", ["kind", "reason"])
+
+# Extra header fields the new-mail FETCH asks for, so the hint costs no round trip.
+HINT_FIELDS = "CONTENT-TYPE AUTO-SUBMITTED X-FAILED-RECIPIENTS"
+SMALL = 128 * 1024  # checked whatever the headers say
+LARGEST = 5 * 1024 * 1024  # never download more than this for a bounce check
+FETCH_BATCH = 20
+
+_SYSTEM_SENDER = re.compile(
+    r"(?i)\b(?:mailer-daemon|mail-daemon|maildaemon|postmaster|post_master|mdaemon|"
+    r"mail delivery|mail administrator|mail system|delivery subsystem)\b"
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One recipient of one bounce or complaint, as parsed (no database yet)."""
+
+    kind: str  # bounce | complaint
+    bounce_message: str
+    message_id: str | None  # original Message-ID, without <>
+    recipient: str
+    action: str | None
+    status: str | None
+    reply_code: int | None
+    diagnostic: str | None
+    reason: str
+    hard: bool
+    mta: str | None
+    feedback_type: str | None
+
+
+def looks_automatic(header: bytes | None) -> bool:
+    """Whether the headers say report / auto-generated / from a mail system."""
+    if not header:
+        return False
+    msg = BytesHeaderParser(policy=compat32).parsebytes(header)
+    content_type = str(msg.get("content-type", "")).lower()
+    if "multipart/report" in content_type or "feedback-report" in content_type:
+        return True
+    if msg.get("x-failed-recipients"):
+        return True
+    auto = str(msg.get("auto-submitted", "")).strip().lower()
+    if auto and auto != "no":
+        return True
+    return bool(_SYSTEM_SENDER.search(str(msg.get("from", ""))))
+
+
+def worth_checking(size: int | None, header: bytes | None) -> bool:
+    if size is None or size <= SMALL:
+        return True
+    return size <= LARGEST and looks_automatic(header)
+
+
+def classify(raw: bytes, bounce_message: str) -> list[Finding]:
+    """What a message means for deliverability: one Finding per bounced/complaining recipient."""
+    report: BounceReport = parse_bounce(raw)
+    if report.kind not in ("bounce", "complaint"):
+        return []
+    found: dict[str, Finding] = {}
+    for r in report.recipients:
+        address = suppression.normalize(r.address)
+        if "@" not in address or address in found:
+            continue
+        found[address] = Finding(
+            kind=report.kind, bounce_message=bounce_message, message_id=report.message_id,
+            recipient=address, action=r.action or None, status=r.status, reply_code=r.reply_code,
+            diagnostic=r.diagnostic, reason=r.reason or "undefined",
+            # A delayed notice is never final, whatever its status code claims.
+            hard=bool(r.hard) and report.kind == "bounce" and (r.action or "").lower() != "delayed",
+            mta=r.mta, feedback_type=r.feedback_type or report.feedback_type,
+        )
+    return list(found.values())
+
+
+async def link(session: AsyncSession, account: str, message_id: str | None) -> OutboxMessage | None:
+    """The outbox row that sent this Message-ID: this account's first, else any account's."""
+    if not message_id:
+        return None
+    bare = message_id.strip().strip("<>")
+    row: OutboxMessage | None = await session.scalar(
+        select(OutboxMessage)
+        .where(OutboxMessage.message_id.in_([f"<{bare}>", bare]))
+        .order_by(case((OutboxMessage.account_id == account, 0), else_=1),
+                  OutboxMessage.created_at.desc())
+        .limit(1)
+    )
+    return row
+
+
+def _event(account: str, f: Finding, queue_id: str | None, message_id: str | None) -> events.Event:
+    if f.kind == "complaint":
+        return events.MessageComplaint(
+            account=account, complaint_message=f.bounce_message, recipient=f.recipient,
+            feedback_type=f.feedback_type, message_id=message_id, queue_id=queue_id,
+        )
+    return events.MessageBounce(
+        account=account, bounce_message=f.bounce_message, recipient=f.recipient, action=f.action,
+        status=f.status, response_source="smtp" if f.reply_code else None,
+        response_message=f.diagnostic, reply_code=f.reply_code, mta=f.mta,
+        message_id=message_id, queue_id=queue_id, reason=f.reason, hard=f.hard,
+    )
+
+
+async def record(session: AsyncSession, account: str, findings: Sequence[Finding]) -> list[events.Event]:
+    """Insert the findings not recorded before, suppress, stage events; returns the staged events."""
+    staged: list[events.Event] = []
+    for f in findings:
+        sent = await link(session, account, f.message_id)
+        queue_id = sent.id if sent else None
+        message_id = sent.message_id if sent else (f"<{f.message_id}>" if f.message_id else None)
+        inserted = await session.scalar(
+            insert(Bounce).values(
+                account_id=account, queue_id=queue_id, message_id=message_id, kind=f.kind,
+                recipient=f.recipient, action=f.action, status=f.status, reply_code=f.reply_code,
+                diagnostic=f.diagnostic, reason=f.reason, hard=f.hard, mta=f.mta,
+                feedback_type=f.feedback_type, bounce_message=f.bounce_message,
+            )
+            .on_conflict_do_nothing(constraint="bounces_once")
+            .returning(Bounce.id)
+        )
+        if inserted is None:
+            continue  # seen before: already suppressed and announced
+        BOUNCES.labels(f.kind, f.reason).inc()
+        if f.kind == "complaint" or f.hard:
+            details: dict[str, Any] = {
+                k: v for k, v in (("queueId", queue_id), ("messageId", message_id), ("status", f.status),
+                                  ("diagnostic", f.diagnostic), ("bounceMessage", f.bounce_message),
+                                  ("feedbackType", f.feedback_type)) if v is not None
+            }
+            reason = (f"complaint: {f.feedback_type or 'abuse'}" if f.kind == "complaint"
+                      else suppression.bounce_reason(f.reason, f.status, f.hard))
+            # The account that sent the message stops mailing the address.
+            owner = sent.account_id if sent else account
+            await suppression.add(session, owner, f.recipient, reason,
+                                  source="complaint" if f.kind == "complaint" else "bounce", details=details)
+        staged.append(_event(account, f, queue_id, message_id))
+    stage(session, *staged)
+    return staged
+
+
+async def check_new(
+    connection: Connection, db: Database, relay: EventRelay, account: str, path: str,
+    uidvalidity: int, fetched: Sequence[parse.FetchedMessage],
+) -> None:
+    """Check newly arrived messages of a folder for bounces and complaints (the watcher's hook)."""
+    wanted = [m.uid for m in fetched if worth_checking(m.size, m.header)]
+    for start in range(0, len(wanted), FETCH_BATCH):
+        chunk = parse.uid_set(wanted[start:start + FETCH_BATCH])
+        response = await connection.checked(
+            await connection.client.uid("fetch", chunk, "(UID BODY.PEEK[])"), "UID FETCH BODY.PEEK[]"
+        )
+        findings: list[Finding] = []
+        for item in parse.parse_fetch(response.lines):
+            if not item.header:
+                continue  # expunged meanwhile
+            bounce_message = parse.message_id(account, path, uidvalidity, item.uid)
+            try:
+                findings += classify(item.header, bounce_message)
+            except Exception:
+                # One unparseable message must not stall the folder's sync forever.
+                log.exception("%s: bounce check of uid %s failed", account, item.uid)
+        if not findings:
+            continue
+        async with db.transaction() as session:
+            staged = await record(session, account, findings)
+        await relay.publish_committed(staged)
