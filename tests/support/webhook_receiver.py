@@ -39,6 +39,8 @@ class WebhookReceiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
+                if len(body) < length:
+                    return  # the sender died mid-request: nothing was delivered
                 with receiver.lock:
                     status = receiver._scripted.pop(0) if receiver._scripted else 200
                     receiver.hooks.append(
