@@ -23,7 +23,7 @@ chaos: setup-test
 	MAILGATE_CHAOS=1 $(UV) run --frozen pytest -q -p no:cacheprovider -s tests/chaos $(PYTEST_ARGS)
 
 lint:
-	$(UV) run --frozen ruff check libs services tests
+	$(UV) run --frozen ruff check libs services tests bench
 	$(UV) run --frozen mypy --strict libs/common/src/mailgate_common
 
 bounce-score:

@@ -87,7 +87,7 @@ def test_webhooks_killed_mid_stream_loses_no_event(
 def test_sigterm_stops_each_service_cleanly_and_in_time(stack: Stack) -> None:
     import signal
 
-    for name in ("sender", "webhooks", "api"):
+    for name in ("sender", "webhooks", "api", "smtp-ingress", "imap-sync"):
         service = stack.services[name]
         started = time.monotonic()
         code = service.kill(signal.SIGTERM)

@@ -47,11 +47,15 @@ def test_rate_limit_holds_messages_without_failing_them_and_spares_other_account
              message="the unlimited account's messages")
     wait_for(lambda: sum(bool(smtp_sink.to(f"lim-{tag}-{i}@example.org")) for i in range(6)) == 3,
              message="three messages within the limit")
+
+    def held_back() -> list[dict[str, Any]]:
+        entries = [api.get(f"/v1/outbox/{q}").json() for q in held]
+        waiting = [e for e in entries if e["state"] == "queued" and e.get("lastError")]
+        return waiting if len(waiting) == 3 else []
+
+    queued = wait_for(held_back, message="three messages held by the limit")
     time.sleep(1.5)
     assert sum(bool(smtp_sink.to(f"lim-{tag}-{i}@example.org")) for i in range(6)) == 3
-    waiting = [api.get(f"/v1/outbox/{q}").json() for q in held]
-    queued = [e for e in waiting if e["state"] == "queued"]
-    assert len(queued) == 3
     for entry in queued:
         assert entry["attemptsMade"] == 0 and "limit" in entry["lastError"]
         assert entry["nextAttempt"] > entry["created"]

@@ -121,6 +121,15 @@ class Bus:
         channel = await self._connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=prefetch)
         exchange = await topology.declare(channel)
+        await self._register(channel, queue, lambda m: self._handle(queue, exchange, m, handler))
+
+    async def _register(
+        self,
+        channel: AbstractRobustChannel,
+        queue: topology.ServiceQueue,
+        work: Callable[[AbstractIncomingMessage], Awaitable[None]],
+    ) -> None:
+        """Consume ``queue`` with ``work``, tracking in-flight messages for a clean stop."""
         amqp_queue = await channel.get_queue(queue.name)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
@@ -129,7 +138,7 @@ class Bus:
             self._in_flight.add(task)
             self._idle.clear()
             try:
-                await self._handle(queue, exchange, message, handler)
+                await work(message)
             finally:
                 self._in_flight.discard(task)
                 if not self._in_flight:
@@ -276,22 +285,7 @@ class Bus:
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         await topology.declare(channel)
-        amqp_queue = await channel.get_queue(queue.name)
-
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._in_flight.add(task)
-            self._idle.clear()
-            try:
-                await self._answer(queue, channel, message, handler)
-            finally:
-                self._in_flight.discard(task)
-                if not self._in_flight:
-                    self._idle.set()
-
-        tag = await amqp_queue.consume(on_message)
-        self._consumers.append((amqp_queue, tag))
+        await self._register(channel, queue, lambda m: self._answer(queue, channel, m, handler))
 
     async def _answer(
         self,

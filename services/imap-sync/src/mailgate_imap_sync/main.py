@@ -35,6 +35,7 @@ from mailgate_common.db import Database
 from mailgate_common.event_relay import EventRelay
 from mailgate_common.runtime import run
 from mailgate_common.settings import Settings, load_settings_or_exit
+from mailgate_imap_sync import state
 from mailgate_imap_sync.commands import Commands
 from mailgate_imap_sync.leases import Leases
 from mailgate_imap_sync.watcher import Watcher
@@ -159,6 +160,7 @@ class ImapSyncService:
         entry[0].cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await entry[0]
+        state.forget(account)
 
     # --- shutdown ---------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import Gauge
 from sqlalchemy import select
 
 from mailgate_common import events
@@ -11,10 +12,29 @@ from mailgate_common.db import Database
 from mailgate_common.db.models import Account
 from mailgate_common.event_relay import EventRelay, stage
 
+ACCOUNT_STATES = Gauge(
+    "mailgate_imap_account_states", "Accounts watched by this replica, by connection state", ["state"]
+)
+STATES = ("connecting", "connected", "authenticationError", "connectError", "disconnected")
+_held: dict[str, str] = {}
+
+
+def _publish_counts() -> None:
+    for name in STATES:
+        ACCOUNT_STATES.labels(name).set(sum(1 for s in _held.values() if s == name))
+
+
+def forget(account: str) -> None:
+    """This replica no longer watches the account."""
+    if _held.pop(account, None) is not None:
+        _publish_counts()
+
 
 async def set_state(db: Database, relay: EventRelay, account: str, state: str,
                     error: str | None = None) -> bool:
     """Store ``state``; stage an ``account.state`` event only if it changed."""
+    _held[account] = state
+    _publish_counts()
     change: events.AccountState | None = None
     async with db.transaction() as session:
         row = await session.scalar(select(Account).where(Account.id == account).with_for_update())
