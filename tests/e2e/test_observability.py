@@ -26,7 +26,8 @@ def test_one_trace_from_submit_through_smtp_to_webhook(
 
     def whole_journey() -> set[tuple[str, str]]:
         names = {(s.service, s.name) for s in otlp_collector.trace(trace_id)}
-        wanted = {("mailgate-sender", "smtp deliver"), ("mailgate-webhooks", "webhook POST")}
+        wanted = {("mailgate-api", f"POST /v1/account/{account}/submit"), ("mailgate-sender", "smtp deliver"),
+                  ("mailgate-webhooks", "webhook POST")}
         return names if wanted <= names else set()
 
     names = wait_for(whole_journey, timeout=15, message="spans of every service in one trace")

@@ -258,7 +258,8 @@ class Deliverer:
                 .where(OutboxMessage.account_id == row.account_id,
                        OutboxMessage.state.in_(lifecycle.CLAIM.from_states),
                        OutboxMessage.next_attempt_at < until)
-                .values(next_attempt_at=until)
+                .values(next_attempt_at=until, last_error=reason)
+                .execution_options(synchronize_session=False)
             )
             if outcome is not None:
                 # The exchange happened; keep it in the message's history, uncounted.

@@ -274,6 +274,10 @@ class IngressHandler:
             # The client's failed handshake; aiosmtpd closes the connection.
             log.info("STARTTLS handshake failed: %r", error.__cause__)
             return "454 4.7.0 TLS not available due to temporary reason"
+        if isinstance(error, UnicodeError):
+            # Undecodable bytes from the client (aiosmtpd fails echoing them back):
+            # the client's syntax error, not our failure, so no 4xx inviting retries.
+            return "500 5.5.2 Error: bad syntax"
         log.exception("SMTP session error: %r", error)
         return replies.INTERNAL
 
