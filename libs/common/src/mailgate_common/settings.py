@@ -106,6 +106,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     imap_idle_restart: PositiveFloat = 600.0
     # NOOP polling interval for servers without IDLE.
     imap_poll_interval: PositiveFloat = 15.0
+    # How often folders other than INBOX (account ``path``) are checked with STATUS;
+    # INBOX stays on IDLE, so this is the latency of news in the other folders.
+    imap_folder_poll: PositiveFloat = 60.0
     # How long the api waits for imap-sync to fetch a message's content (then 504).
     imap_fetch_timeout: PositiveFloat = 20.0
 

@@ -10,6 +10,11 @@
 
 Any IDLE push (EXISTS, EXPUNGE, FETCH) triggers a resync of the folder, which
 diffs UIDs and flags against the index (see ``index.py``).
+
+The other folders the account asks for (``path``, see ``folders.py``) share
+the same connection: every ``imap_folder_poll`` seconds IDLE is ended, each
+folder gets a cheap STATUS, and only a changed one is resynced the same way;
+then INBOX is selected again and IDLE resumes.
 """
 
 from __future__ import annotations
@@ -17,18 +22,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
+from sqlalchemy import delete, update
 from sqlalchemy.dialects.postgresql import insert
 
 from mailgate_common.backoff import backoff_delay
 from mailgate_common.crypto import CredentialError, Sealer, with_secret
 from mailgate_common.db import Database
-from mailgate_common.db.models import Account, Mailbox
+from mailgate_common.db.models import Account, IndexedMessage, Mailbox
 from mailgate_common.event_relay import EventRelay
 from mailgate_common.settings import Settings
-from mailgate_imap_sync import bounces, parse
-from mailgate_imap_sync.client import AuthError, ConnectError, Connection, ImapError, connect
+from mailgate_imap_sync import bounces, folders, parse
+from mailgate_imap_sync.client import AuthError, ConnectError, Connection, ImapError, _quote, connect
 from mailgate_imap_sync.index import FolderIndex, FolderState
 from mailgate_imap_sync.state import set_state
 
@@ -59,6 +66,8 @@ class Watcher:
         self.sealer = sealer
         self.account = account
         self.failures = 0
+        # The folders the server listed last (LIST is repeated on each folder poll).
+        self.listed: list[parse.Folder] = []
 
     async def run(self) -> None:
         while True:
@@ -87,7 +96,7 @@ class Watcher:
             await set_state(self.db, self.relay, self.account, "connectError", str(exc))
             return self._backoff()
         try:
-            await self._watch(connection)
+            await self._watch(connection, folders.watch_spec(imap))
             return 0.0
         except (ImapError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             log.warning("%s: connection failed: %r", self.account, exc)
@@ -107,39 +116,104 @@ class Watcher:
         self.failures += 1
         return backoff_delay(self.failures, self.settings.imap_retry_base, self.settings.imap_retry_max)
 
-    async def _watch(self, connection: Connection) -> None:
+    async def _watch(self, connection: Connection, spec: list[str]) -> None:
         if "CONDSTORE" in connection.capabilities and "ENABLE" in connection.capabilities:
             # SELECT then reports HIGHESTMODSEQ and FETCH reports MODSEQ.
             await connection.client.enable("CONDSTORE")
-        folders = await connection.list_folders()
-        await self._store_folders(folders)
+        self.listed = await connection.list_folders()
+        await self._store_folders(self.listed)
+        await self._forget_unwatched(spec)
+        if spec:
+            # Before "connected" too, so the same promise holds for these folders.
+            await self._poll_folders(connection, spec, relist=False)
         inbox = FolderIndex(self.db, self.account, "INBOX")
         await self._sync(connection, inbox)
         # Only now: mail arriving after "connected" is guaranteed to be announced.
         await set_state(self.db, self.relay, self.account, "connected")
         self.failures = 0
         idle = "IDLE" in connection.capabilities
+        next_poll = time.monotonic() + self.settings.imap_folder_poll
         while True:
             if connection.lost.is_set():
                 raise ConnectError("connection lost")
+            until_poll = max(0.0, next_poll - time.monotonic()) if spec else None
             if idle:
-                await self._idle(connection)
+                pushed = await self._idle(connection, until_poll)
             else:
-                await asyncio.sleep(self.settings.imap_poll_interval)
+                await asyncio.sleep(self.settings.imap_poll_interval if until_poll is None
+                                    else min(self.settings.imap_poll_interval, until_poll))
                 await connection.checked(await connection.client.noop(), "NOOP")
-            await self._sync(connection, inbox)
+                pushed = True
+            left_inbox = False
+            if spec and time.monotonic() >= next_poll:
+                left_inbox = await self._poll_folders(connection, spec)
+                next_poll = time.monotonic() + self.settings.imap_folder_poll
+            if pushed or left_inbox:
+                # Also re-selects INBOX, which the next IDLE watches.
+                await self._sync(connection, inbox)
 
-    async def _idle(self, connection: Connection) -> None:
-        """IDLE until the server reports a change, the connection drops or it is time to renew."""
+    async def _poll_folders(self, connection: Connection, spec: list[str], relist: bool = True) -> bool:
+        """Resync every watched folder whose STATUS changed; True if any was selected."""
+        if relist:
+            # Listed again each round: a folder created (or renamed) since is found.
+            listed = await connection.list_folders()
+            if listed != self.listed:
+                await self._store_folders(listed)
+                self.listed = listed
+                await self._forget_unwatched(spec)
+        selected = False
+        condstore = "CONDSTORE" in connection.capabilities
+        for folder in folders.watched(spec, self.listed):
+            index = FolderIndex(self.db, self.account, folder.path, folder.special_use)
+            response = await connection.client.status(
+                _quote(folder.path), folders.STATUS_ITEMS if condstore else folders.STATUS_ITEMS_PLAIN
+            )
+            if response.result != "OK":
+                # Deleted between LIST and STATUS: not worth dropping the connection.
+                log.info("%s: STATUS %s failed: %s", self.account, folder.path, response.result)
+                continue
+            if folders.unchanged(await index.stored(), folders.parse_status(response.lines)):
+                continue
+            await self._sync(connection, index)
+            selected = True
+        return selected
+
+    async def _forget_unwatched(self, spec: list[str]) -> None:
+        """Drop the index of folders not (or no longer) watched.
+
+        Left in place it would be listed stale, and once the folder is watched
+        again everything that arrived meanwhile would be announced as new at
+        once; forgotten, the next first sync indexes it silently.
+        """
+        keep = ["INBOX", *(f.path for f in folders.watched(spec, self.listed))]
+        async with self.db.transaction() as session:
+            await session.execute(
+                delete(IndexedMessage).where(IndexedMessage.account_id == self.account,
+                                             IndexedMessage.path.not_in(keep))
+            )
+            await session.execute(
+                update(Mailbox)
+                .where(Mailbox.account_id == self.account, Mailbox.path.not_in(keep),
+                       Mailbox.synced_at.is_not(None))
+                .values(uidvalidity=None, uidnext=None, highestmodseq=None, messages=0, synced_at=None)
+            )
+
+    async def _idle(self, connection: Connection, until: float | None = None) -> bool:
+        """IDLE until the server reports a change, the connection drops, it is time to
+        renew or ``until`` seconds passed; True when the server reported something."""
+        if until is not None and until <= 0:
+            return False
         client = connection.client
         idle_task = await client.idle_start(timeout=self.settings.imap_idle_restart)
         push = asyncio.ensure_future(client.wait_server_push(self.settings.imap_idle_restart + 5))
         lost = asyncio.ensure_future(connection.lost.wait())
         try:
-            await asyncio.wait({push, lost}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({push, lost}, timeout=until, return_when=asyncio.FIRST_COMPLETED)
             if lost.done():
                 raise ConnectError("connection lost")
-            await asyncio.sleep(PUSH_SETTLE)
+            pushed: bool = push.done()
+            if pushed:
+                await asyncio.sleep(PUSH_SETTLE)
         except BaseException:
             # Shutting down or lost: the connection is closed next, no polite DONE.
             idle_task.cancel()
@@ -153,6 +227,8 @@ class Watcher:
         # Pushes already queued are covered by the resync that follows.
         while not client.protocol.idle_queue.empty():
             client.protocol.idle_queue.get_nowait()
+            pushed = True
+        return pushed
 
     async def _sync(self, connection: Connection, folder: FolderIndex) -> None:
         info = await connection.select(folder.path)

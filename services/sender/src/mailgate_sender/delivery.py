@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from sqlalchemy import insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailgate_common import events, lifecycle
 from mailgate_common.backoff import backoff_delay
@@ -143,6 +144,12 @@ class Deliverer:
     # --- delivering -------------------------------------------------------
 
     async def deliver(self, claim: Claim) -> None:
+        # One session for the whole attempt: its connection is taken before DATA,
+        # so the outcome is written the moment the server answers (see _record).
+        async with self.db.sessions() as session:
+            await self._deliver(claim, session)
+
+    async def _deliver(self, claim: Claim, session: AsyncSession) -> None:
         started = events.utcnow()
         row = claim.row
         account = await self._account(row.account_id)
@@ -173,7 +180,8 @@ class Deliverer:
                         attributes={"mailgate.queue_id": row.id, "server.address": server.label},
                     ) as span:
                         outcome = await self.pool.deliver(
-                            server, row.envelope_from, list(row.envelope_to), row.raw
+                            server, row.envelope_from, list(row.envelope_to), row.raw,
+                            before_data=session.connection,
                         )
                         span.set_attribute("mailgate.outcome", outcome.kind)
                 if is_slow_down(outcome):
@@ -184,7 +192,7 @@ class Deliverer:
                 if outcome.kind == "sent" and account.throttle_level:
                     await self._unthrottle(account.id)
         ATTEMPTS.labels(outcome.kind).inc()
-        await self._record(claim, row, account, server, outcome, started)
+        await self._record(session, claim, row, account, server, outcome, started)
 
     # --- politeness -------------------------------------------------------
 
@@ -272,6 +280,7 @@ class Deliverer:
 
     async def _record(
         self,
+        session: AsyncSession,
         claim: Claim,
         row: OutboxMessage,
         account: Account | None,
@@ -355,41 +364,45 @@ class Deliverer:
             values["next_attempt_at"] = next_attempt
         if transition.to_state in lifecycle.FINAL_STATES:
             values["finished_at"] = events.utcnow()
-        async with self.db.transaction() as session:
-            if outcome.kind == "sent":
-                # The server already holds the message: what matters now is recording
-                # that before this process can die, not waiting for the disk.  (A
-                # database crash in the next moment could only cause a resend.)
-                await session.execute(text("SET LOCAL synchronous_commit = off"))
-            result = await session.execute(
-                update(OutboxMessage)
-                .where(
-                    OutboxMessage.id == row.id,
-                    OutboxMessage.state.in_(transition.from_states),
-                    OutboxMessage.claim_token == claim.token,
-                )
-                .values(**values)
-                .returning(OutboxMessage.id)
-                .execution_options(synchronize_session=False)
+        # The window between the server's 250 and this commit is the only place a
+        # crash can make a message go out twice (RFC 1047), so it is kept short:
+        # the connection is already held and the commit does not wait for fsync.
+        if outcome.kind == "sent":
+            # The server already holds the message: what matters now is recording
+            # that before this process can die, not waiting for the disk.  (A
+            # database crash in the next moment could only cause a resend.)
+            await session.execute(text("SET LOCAL synchronous_commit = off"))
+        result = await session.execute(
+            update(OutboxMessage)
+            .where(
+                OutboxMessage.id == row.id,
+                OutboxMessage.state.in_(transition.from_states),
+                OutboxMessage.claim_token == claim.token,
             )
-            if result.scalar_one_or_none() is None:
-                # Our claim lapsed and another sender took over: it records the outcome.
-                log.warning("lost claim on %s before recording %s", row.id, outcome.kind)
-                return
-            await session.execute(
-                insert(DeliveryAttempt).values(
-                    queue_id=row.id,
-                    attempt=attempt,
-                    outcome={"sent": "sent"}.get(outcome.kind, transition.to_state),
-                    server=server.label if server else None,
-                    smtp_code=outcome.code,
-                    smtp_status=outcome.status,
-                    response=outcome.response,
-                    error=_attempt_error(outcome),
-                    started_at=started,
-                )
+            .values(**values)
+            .returning(OutboxMessage.id)
+            .execution_options(synchronize_session=False)
+        )
+        if result.scalar_one_or_none() is None:
+            # Our claim lapsed and another sender took over: it records the outcome.
+            log.warning("lost claim on %s before recording %s", row.id, outcome.kind)
+            await session.rollback()
+            return
+        await session.execute(
+            insert(DeliveryAttempt).values(
+                queue_id=row.id,
+                attempt=attempt,
+                outcome={"sent": "sent"}.get(outcome.kind, transition.to_state),
+                server=server.label if server else None,
+                smtp_code=outcome.code,
+                smtp_status=outcome.status,
+                response=outcome.response,
+                error=_attempt_error(outcome),
+                started_at=started,
             )
-            stage(session, *staged)
+        )
+        stage(session, *staged)
+        await session.commit()
         log.info("%s attempt %d -> %s: %s", row.id, attempt, transition.to_state, outcome.response)
         await self.relay.publish_committed(staged)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,7 +103,12 @@ class SmtpPool:
             _close(client)
 
     async def deliver(
-        self, server: SmtpServer, envelope_from: str, envelope_to: list[str], raw: bytes
+        self,
+        server: SmtpServer,
+        envelope_from: str,
+        envelope_to: list[str],
+        raw: bytes,
+        before_data: Callable[[], Awaitable[object]] | None = None,
     ) -> Outcome:
         command: str | None = "CONNECT"
         try:
@@ -110,7 +116,7 @@ class SmtpPool:
         except Exception as exc:
             return classify_exception(exc, "AUTH" if isinstance(exc, aiosmtplib.SMTPAuthenticationError) else command)
         try:
-            outcome = await _transaction(client, envelope_from, envelope_to, raw)
+            outcome = await _transaction(client, envelope_from, envelope_to, raw, before_data)
         except aiosmtplib.SMTPServerDisconnected as exc:
             if not reused:
                 _close(client)
@@ -120,7 +126,7 @@ class SmtpPool:
             _close(client)
             try:
                 client = await self._connect(server)
-                outcome = await _transaction(client, envelope_from, envelope_to, raw)
+                outcome = await _transaction(client, envelope_from, envelope_to, raw, before_data)
             except Exception as retry_exc:
                 _close(client)
                 return classify_exception(retry_exc, command)
@@ -144,7 +150,11 @@ class SmtpPool:
 
 
 async def _transaction(
-    client: aiosmtplib.SMTP, envelope_from: str, envelope_to: list[str], raw: bytes
+    client: aiosmtplib.SMTP,
+    envelope_from: str,
+    envelope_to: list[str],
+    raw: bytes,
+    before_data: Callable[[], Awaitable[object]] | None = None,
 ) -> Outcome:
     options: list[str] = []
     if any(not a.isascii() for a in (envelope_from, *envelope_to)) and client.supports_extension(
@@ -174,6 +184,8 @@ async def _transaction(
         outcome = classify_reply(last_refusal[0], last_refusal[1], "RCPT TO")
         return Outcome(outcome.kind, outcome.response, outcome.code, outcome.status,
                        "RCPT TO", "EENVELOPE", refused)
+    if before_data is not None:
+        await before_data()
     try:
         response = await client.data(raw)
     except aiosmtplib.SMTPDataError as exc:

@@ -24,6 +24,11 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 
+# EmailEngine's account ``path``: folders to watch, one path or a list; special-use
+# references ("\\Sent") and "*" (every folder) allowed; null or "" unsets it.
+FolderPath = Annotated[str, msgspec.Meta(max_length=1024)]
+WatchPaths = FolderPath | list[FolderPath] | None | msgspec.UnsetType
+
 
 class SendLimits(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
     """Messages per window and concurrent SMTP connections (per sender replica)."""
@@ -44,6 +49,7 @@ class AccountCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     copy: bool | None = None
     webhooks: str | None = None
     limits: SendLimits | None = None
+    path: WatchPaths = msgspec.UNSET
 
 
 class AccountUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
@@ -54,6 +60,7 @@ class AccountUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     copy: bool | None = None
     webhooks: str | None = None
     limits: SendLimits | None = None
+    path: WatchPaths = msgspec.UNSET
 
 
 class AccountCreated(msgspec.Struct):
@@ -78,6 +85,7 @@ class AccountView(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=Tr
     copy: bool | None = None
     webhooks: str | None = None
     imap: dict[str, Any] | bool | None = None
+    path: list[str] | None = None
     smtp: dict[str, Any] | None = None
     last_error: dict[str, Any] | None = None
     limits: dict[str, Any] | None = None

@@ -46,9 +46,34 @@ def _check_webhook_url(url: str | None, field: str = "webhooks") -> None:
         raise ApiError(422, "must be an http:// or https:// URL", field)
 
 
+def _watch_paths(value: str | list[str] | None) -> list[str] | None:
+    """EmailEngine's ``path``: one path or a list, "" and null meaning "unset"."""
+    items = [value] if isinstance(value, str) else value or []
+    paths = list(dict.fromkeys(p.strip() for p in items if p.strip()))
+    return paths or None
+
+
+def _set_watch_paths(account: Account, body: AccountCreate | AccountUpdate, before: Any) -> None:
+    """Keep ``path`` inside the imap settings, so changing it reconnects the watcher.
+
+    Replacing the imap settings keeps the folders chosen before unless the
+    body names new ones.
+    """
+    paths = before if body.path is msgspec.UNSET else _watch_paths(body.path)
+    if account.imap is None:
+        if paths and body.path is not msgspec.UNSET:
+            raise ApiError(422, "watching folders needs imap settings", "path")
+        return
+    imap = {k: v for k, v in account.imap.items() if k != "path"}
+    if paths:
+        imap["path"] = paths
+    account.imap = imap
+
+
 def apply(account: Account, body: AccountCreate | AccountUpdate, sealer: Sealer) -> None:
     """Copy the given fields onto the row, sealing any password."""
     fields = body.__struct_fields__
+    paths_before = (account.imap or {}).get("path")
     _check_email(body.email)
     _check_webhook_url(body.webhooks)
     secrets_: dict[str, Any] = sealer.open(account.credentials) if account.credentials else {}
@@ -64,6 +89,7 @@ def apply(account: Account, body: AccountCreate | AccountUpdate, sealer: Sealer)
         secrets_.pop("imap", None)
     elif body.imap is not None:
         account.imap, secrets_["imap"] = split_secret(_server_dict(body.imap))
+    _set_watch_paths(account, body, paths_before)
     account.credentials = sealer.seal(secrets_) if secrets_ else None
 
 
@@ -75,7 +101,8 @@ def view(account: Account) -> AccountView:
         state=account.state,
         copy=account.copy,
         webhooks=account.webhooks,
-        imap=account.imap if account.imap is not None else False,
+        imap={k: v for k, v in account.imap.items() if k != "path"} if account.imap is not None else False,
+        path=(account.imap or {}).get("path"),
         smtp=account.smtp,
         last_error=account.last_error,
         limits=account.limits,
