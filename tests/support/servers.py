@@ -26,8 +26,9 @@ class ThrowawayPostgres:
     def __init__(self, durable: bool = False, max_connections: int = 300) -> None:
         self.durable = durable
         self.max_connections = max_connections
-        self.base = Path(f"/tmp/mgpg{os.getpid()}")
         self.port = free_port()
+        # Short (socket paths are limited) and unique per server, not only per process.
+        self.base = Path(f"/tmp/mgpg{os.getpid()}_{self.port}")
         bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
         if not bins:
             raise RuntimeError("PostgreSQL server binaries not found (apt-get install postgresql)")
