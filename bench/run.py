@@ -7,6 +7,7 @@ time, write bench/results/latest.md and latest.png.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import traceback
 from pathlib import Path
@@ -31,6 +32,8 @@ RESULTS = Path(__file__).parent / "results"
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of {', '.join(SCENARIOS)}")
+    parser.add_argument("--keep-others", action="store_true",
+                        help="keep the figures of scenarios not run this time from results/latest.json")
     args = parser.parse_args()
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
@@ -50,6 +53,11 @@ def main() -> None:
                 failures.append(name)
                 traceback.print_exc()
         RESULTS.mkdir(exist_ok=True)
+        if args.keep_others and (RESULTS / "latest.json").exists():
+            rerun = {bench_row.scenario for bench_row in bench.rows} | set(failures)
+            kept = [Row(**r) for r in json.loads((RESULTS / "latest.json").read_text())
+                     if r["scenario"] not in rerun]
+            bench.rows = kept + bench.rows
         dump_json(RESULTS / "latest.json", bench.rows)
         write_report(RESULTS, bench.rows, bench.commands, machine_facts(), time.time() - started, failures)
         print(f"wrote {RESULTS / 'latest.md'} in {time.time() - started:.0f} s")

@@ -100,7 +100,7 @@ class Deliverer:
     async def claim(self, queue_id: str) -> Claim | None:
         """Claim one message if it is due and nobody holds it."""
         token = secrets.token_hex(8)
-        async with self.db.transaction() as session:
+        async with self.db.transaction(durable=False) as session:
             result = await session.execute(
                 update(OutboxMessage)
                 .where(
@@ -123,7 +123,7 @@ class Deliverer:
         token = secrets.token_hex(8)
         params = {"token": token, "hold": self.settings.sender_claim_timeout, "limit": limit}
         columns = CLAIM_DUE_SQL.columns(*OutboxMessage.__table__.c)
-        async with self.db.transaction() as session:
+        async with self.db.transaction(durable=False) as session:
             rows = list(await session.scalars(select(OutboxMessage).from_statement(columns), params))
             if len(rows) < limit:
                 params["limit"] = limit - len(rows)

@@ -230,7 +230,7 @@ class Dispatcher:
 
     async def claim(self, delivery_id: int) -> Claim | None:
         token = secrets.token_hex(8)
-        async with self.db.transaction() as session:
+        async with self.db.transaction(durable=False) as session:
             claimed = await session.scalar(
                 CLAIM_ONE_SQL, {"token": token, "hold": self.hold, "id": delivery_id}
             )
@@ -238,7 +238,7 @@ class Dispatcher:
 
     async def claim_due(self, limit: int) -> list[Claim]:
         token = secrets.token_hex(8)
-        async with self.db.transaction() as session:
+        async with self.db.transaction(durable=False) as session:
             claimed: list[int] = []
             for endpoint in (await session.execute(
                 TAKE_PROBES_SQL, {"hold": self.hold, "limit": limit}
@@ -375,7 +375,7 @@ class Dispatcher:
                 values.update(state=lifecycle.WEBHOOK_FAILED)
             else:
                 values.update(state=lifecycle.WEBHOOK_RETRYING, next_attempt_at=due)
-        async with self.db.transaction() as session:
+        async with self.db.transaction(durable=False) as session:
             updated = await session.scalar(
                 update(WebhookDelivery)
                 .where(WebhookDelivery.id == row.id, WebhookDelivery.claim_token == claim.token)

@@ -32,9 +32,16 @@ class Database:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session inside BEGIN ... COMMIT (ROLLBACK on error)."""
+    async def transaction(self, durable: bool = True) -> AsyncIterator[AsyncSession]:
+        """A session inside BEGIN ... COMMIT (ROLLBACK on error).
+
+        ``durable=False`` commits without waiting for the WAL to reach disk: only
+        for writes whose loss in a database crash is harmless (a claim that
+        lapses, a "delivered" mark that leads to one more delivery).
+        """
         async with self.sessions() as session, session.begin():
+            if not durable:
+                await session.execute(text("SET LOCAL synchronous_commit = off"))
             yield session
 
     async def ping(self) -> bool:
