@@ -66,6 +66,7 @@ def run(bench: Bench, accounts: int = 1000, samples: int = 40) -> None:
                 api.post("/v1/account", json={
                     "account": f"imap-{tag}-{i}", "email": f"{user}@bench.test",
                     "imap": {"host": "127.0.0.1", "port": server.port, "secure": False,
+                             "tls": {"rejectUnauthorized": False},  # Dovecot's self-signed test cert
                              "auth": {"user": user, "pass": server.password}},
                     "smtp": {"host": "127.0.0.1", "port": 9},
                 }).raise_for_status()
