@@ -24,6 +24,8 @@ from tests.support.stack import free_port, wait_for
 from tests.support.webhook_receiver import WebhookReceiver
 
 REPORT = Path("var/chaos-report.jsonl")
+# Outages and 500-message flows take minutes, not the suite's default two.
+pytestmark = pytest.mark.timeout(600)
 
 
 def _api(stack: ChaosStack) -> httpx.Client:
