@@ -71,7 +71,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     webhook_poll_interval: PositiveFloat = 0.5
     webhook_retry_base: PositiveFloat = 5.0
     webhook_retry_max: PositiveFloat = 3600.0
-    webhook_attempts: PositiveInt = 40
     webhooks_allow_private: bool = False
     # Retries go on for this many seconds after the first attempt (3 days),
     # however many attempts that takes; see docs/webhooks.md.

@@ -78,6 +78,8 @@ CLAIM_DUE_SQL = text(
                                   ORDER BY d.next_attempt_at, d.id) AS rn
         FROM webhook_deliveries d
         WHERE d.state IN ('pending', 'retrying') AND d.next_attempt_at <= now()
+          -- A fresh row is being tried right now by the replica that stored it.
+          AND (d.state <> 'pending' OR d.created_at < now() - interval '2 seconds')
           AND (d.claimed_until IS NULL OR d.claimed_until < now()) AND {_READY}
     ), picked AS (
         SELECT r.id FROM ranked r LEFT JOIN inflight i ON i.dest = r.dest
