@@ -10,19 +10,19 @@ key makes a retried submit return the first answer.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from prometheus_client import Counter
-from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
 
-from mailgate_common import events
+from mailgate_common import events, suppression
 from mailgate_common.db import Database
-from mailgate_common.db.models import OutboxMessage
+from mailgate_common.db.models import Account
 from mailgate_common.event_relay import EventRelay
 from mailgate_common.lifecycle import QUEUED
 
@@ -74,7 +74,55 @@ def fingerprint(*parts: bytes) -> str:
     return digest.hexdigest()
 
 
+class RecipientsSuppressed(Exception):
+    """Nothing was queued: these recipients are on the suppression list.
+
+    The caller decides: refuse the message, or drop them and enqueue again.
+    """
+
+    def __init__(self, blocked: dict[str, str]) -> None:
+        super().__init__(", ".join(blocked))
+        self.blocked = blocked  # address as given -> reason
+
+
+class UnknownAccount(Exception):
+    """The account was deleted while the message was being composed."""
+
+
+# One statement, so one round trip and its own commit: the suppression check and
+# the insert cannot be split by a bounce being recorded in between.
+_INSERT = """
+INSERT INTO outbox (id, account_id, source, message_id, envelope_from, envelope_to, subject, raw,
+                    state, send_at, next_attempt_at, max_attempts, idempotency_key, request_hash,
+                    reference, copy)
+SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text[], $7::text, $8::bytea,
+       $9::text, $10::timestamptz, $10::timestamptz, $11::int, $12::text, $13::text, $14::jsonb,
+       $15::boolean
+WHERE NOT EXISTS (
+    SELECT 1 FROM suppressions
+    WHERE address = ANY($16::text[]) AND (account_id IS NULL OR account_id = $2::text)
+)
+RETURNING id
+"""
+_SENDING_ACCOUNT = "SELECT id, name, email, smtp FROM accounts WHERE id = $1"
+_FIND_IDEMPOTENT = """
+SELECT id, message_id, send_at, request_hash FROM outbox WHERE account_id = $1 AND idempotency_key = $2
+"""
+
+
+async def sending_account(db: Database, account_id: str) -> Account | None:
+    """The columns a door needs before composing (id, name, email, smtp), in one
+    prepared statement outside any transaction: the hot path of every submit."""
+    async with db.statement_connection() as conn:
+        row = await conn.fetchrow(_SENDING_ACCOUNT, account_id)
+    if row is None:
+        return None
+    return Account(id=row["id"], name=row["name"], email=row["email"], smtp=row["smtp"])
+
+
 async def enqueue(db: Database, relay: EventRelay, msg: NewMessage) -> Queued:
+    """Commit the message to the outbox, then wake a sender; raises
+    :class:`RecipientsSuppressed`, :class:`UnknownAccount`, :class:`IdempotencyConflict`."""
     request_hash = fingerprint(msg.request_fingerprint) if msg.request_fingerprint else None
     if msg.idempotency_key:
         existing = await _find_idempotent(db, msg, request_hash)
@@ -82,37 +130,20 @@ async def enqueue(db: Database, relay: EventRelay, msg: NewMessage) -> Queued:
             SUBMISSIONS.labels(msg.source, "replayed").inc()
             return existing
     queue_id = new_queue_id()
-    event = events.SubmissionQueued(
-        account=msg.account_id,
-        queue_id=queue_id,
-        message_id=msg.message_id,
-        send_at=msg.send_at,
-        traceparent=msg.traceparent,
-    )
     try:
-        async with db.transaction() as session:
-            # Core INSERT: the ORM's unit of work costs more than the statement here.
-            await session.execute(
-                insert(OutboxMessage).values(
-                    id=queue_id,
-                    account_id=msg.account_id,
-                    source=msg.source,
-                    message_id=msg.message_id,
-                    envelope_from=msg.envelope_from,
-                    envelope_to=msg.envelope_to,
-                    subject=msg.subject,
-                    raw=msg.raw,
-                    state=QUEUED,
-                    send_at=msg.send_at,
-                    next_attempt_at=msg.send_at,
-                    max_attempts=msg.max_attempts,
-                    idempotency_key=msg.idempotency_key,
-                    request_hash=request_hash,
-                    reference=msg.reference,
-                    copy=msg.copy,
-                )
+        async with db.statement_connection() as conn:
+            inserted = await conn.fetchval(
+                _INSERT, queue_id, msg.account_id, msg.source, msg.message_id, msg.envelope_from,
+                msg.envelope_to, msg.subject, msg.raw, QUEUED, msg.send_at, msg.max_attempts,
+                msg.idempotency_key, request_hash,
+                json.dumps(msg.reference) if msg.reference is not None else None, msg.copy,
+                [suppression.normalize(a) for a in msg.envelope_to],
             )
-    except IntegrityError:
+            if inserted is None:
+                raise RecipientsSuppressed(await suppression.suppressed(db, msg.account_id, msg.envelope_to))
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise UnknownAccount(msg.account_id) from exc
+    except asyncpg.UniqueViolationError:
         # Two submits with one key raced; the loser answers what the winner stored.
         if msg.idempotency_key:
             existing = await _find_idempotent(db, msg, request_hash)
@@ -120,27 +151,21 @@ async def enqueue(db: Database, relay: EventRelay, msg: NewMessage) -> Queued:
                 return existing
         raise
     SUBMISSIONS.labels(msg.source, "queued").inc()
-    await relay.publish_hint(event)
+    await relay.publish_hint(events.SubmissionQueued(
+        account=msg.account_id,
+        queue_id=queue_id,
+        message_id=msg.message_id,
+        send_at=msg.send_at,
+        traceparent=msg.traceparent,
+    ))
     return Queued(queue_id=queue_id, message_id=msg.message_id, send_at=msg.send_at)
 
 
 async def _find_idempotent(db: Database, msg: NewMessage, request_hash: str | None) -> Queued | None:
-    async with db.sessions() as session:
-        row = (
-            await session.execute(
-                select(
-                    OutboxMessage.id,
-                    OutboxMessage.message_id,
-                    OutboxMessage.send_at,
-                    OutboxMessage.request_hash,
-                ).where(
-                    OutboxMessage.account_id == msg.account_id,
-                    OutboxMessage.idempotency_key == msg.idempotency_key,
-                )
-            )
-        ).first()
+    async with db.statement_connection() as conn:
+        row = await conn.fetchrow(_FIND_IDEMPOTENT, msg.account_id, msg.idempotency_key)
     if row is None:
         return None
-    if request_hash is not None and row.request_hash is not None and row.request_hash != request_hash:
+    if request_hash is not None and row["request_hash"] is not None and row["request_hash"] != request_hash:
         raise IdempotencyConflict(msg.idempotency_key)
-    return Queued(queue_id=row.id, message_id=row.message_id, send_at=row.send_at, replayed=True)
+    return Queued(queue_id=row["id"], message_id=row["message_id"], send_at=row["send_at"], replayed=True)

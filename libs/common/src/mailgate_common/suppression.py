@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, delete, func, or_, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailgate_common.db import Database
 from mailgate_common.db.models import Suppression
 
 Source = Literal["bounce", "complaint", "manual"]
@@ -51,27 +52,28 @@ def _entry(row: Suppression) -> Entry:
     return Entry(row.account_id, row.address, row.reason, row.source, row.details, row.created_at)
 
 
-async def suppressed(session: AsyncSession, account_id: str | None, addresses: Iterable[str]) -> dict[str, str]:
+_SUPPRESSED = """
+SELECT address, reason, account_id FROM suppressions
+WHERE address = ANY($1::text[]) AND (account_id IS NULL OR account_id = $2::text)
+"""
+
+
+async def suppressed(db: Database, account_id: str | None, addresses: Iterable[str]) -> dict[str, str]:
     """{address as given: reason} for each address suppressed for this account or globally.
 
     An account's own entry wins over a global one (its reason is the more specific).
+    One prepared statement outside any transaction: SMTP asks this at every RCPT.
     """
     wanted: dict[str, builtins.list[str]] = {}
     for address in addresses:
         wanted.setdefault(normalize(address), []).append(address)
     if not wanted:
         return {}
-    scope: ColumnElement[bool] = Suppression.account_id.is_(None)
-    if account_id is not None:
-        scope = or_(scope, Suppression.account_id == account_id)
-    rows = await session.execute(
-        select(Suppression.address, Suppression.reason, Suppression.account_id).where(
-            Suppression.address.in_(builtins.list(wanted)), scope
-        )
-    )
+    async with db.statement_connection() as conn:
+        rows = await conn.fetch(_SUPPRESSED, builtins.list(wanted), account_id)
     found: dict[str, str] = {}
-    for address, reason, _owner in sorted(rows, key=lambda r: r[2] is not None):
-        found[address] = reason  # account rows sort last and overwrite global ones
+    for row in sorted(rows, key=lambda r: r["account_id"] is not None):
+        found[row["address"]] = row["reason"]  # account rows sort last and overwrite global ones
     return {given: found[key] for key, spellings in wanted.items() if key in found for given in spellings}
 
 

@@ -15,6 +15,8 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from mailgate_common.db.session import CONNECTION_ERRORS
+
 log = logging.getLogger(__name__)
 
 
@@ -94,7 +96,7 @@ def handle_database_down(_: Request[Any, Any, Any], exc: Exception) -> Response[
 
 
 def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    if isinstance(exc, (OperationalError, InterfaceError, OSError, TimeoutError)) or (
+    if isinstance(exc, (OperationalError, InterfaceError, *CONNECTION_ERRORS)) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):
         return handle_database_down(_, exc)

@@ -22,10 +22,9 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetup
 
 from mailgate_common import events, suppression
 from mailgate_common.db import Database
-from mailgate_common.db.models import Account
 from mailgate_common.event_relay import EventRelay
 from mailgate_common.mime import InvalidMessage, normalize_address
-from mailgate_common.outbox import NewMessage, enqueue
+from mailgate_common.outbox import NewMessage, RecipientsSuppressed, UnknownAccount, enqueue, sending_account
 from mailgate_common.settings import Settings
 from mailgate_common.telemetry import current_traceparent
 from mailgate_smtp_ingress import replies
@@ -205,9 +204,8 @@ class IngressHandler:
         # global list now and the account's own list in _queue.
         account = identity.account if isinstance(identity, Identity) else None
         try:
-            async with self.db.sessions() as db_session:
-                if await suppression.suppressed(db_session, account, [normalized]):
-                    return replies.suppressed(normalized)
+            if await suppression.suppressed(self.db, account, [normalized]):
+                return replies.suppressed(normalized)
         except Exception as exc:
             log.warning("suppression check failed: %r", exc)
             return replies.RCPT_TEMPFAIL
@@ -239,28 +237,30 @@ class IngressHandler:
             return rejected.reply
         # Shielded: a client hanging up mid-commit must not cancel the transaction
         # halfway; the task finishes and stop() waits for it.
-        checked = isinstance(identity, Identity)  # RCPT already checked the account's list
-        task = asyncio.ensure_future(self._queue(message, client_address(session), checked))
+        task = asyncio.ensure_future(self._queue(message, client_address(session)))
         self._queuing.add(task)
         task.add_done_callback(self._queuing.discard)
         return await asyncio.shield(task)
 
-    async def _queue(self, message: NewMessage, client: str, suppression_checked: bool) -> str:
+    async def _queue(self, message: NewMessage, client: str) -> str:
         try:
-            async with self.db.sessions() as db_session:
-                account = await db_session.get(Account, message.account_id)
-                if account is None:
-                    return "550 5.7.1 Unknown account"
-                if not account.smtp:
-                    return "550 5.7.1 The account has no SMTP settings to send with"
-                if not suppression_checked:
+            account = await sending_account(self.db, message.account_id)
+            if account is None:
+                return "550 5.7.1 Unknown account"
+            if not account.smtp:
+                return "550 5.7.1 The account has no SMTP settings to send with"
+            while True:
+                try:
+                    queued = await enqueue(self.db, self.relay, message)
+                    break
+                except RecipientsSuppressed as exc:
                     # Like REST's skipSuppressed: the others still get the message.
-                    hits = await suppression.suppressed(
-                        db_session, message.account_id, message.envelope_to)
-                    message.envelope_to = [r for r in message.envelope_to if r not in hits]
+                    # Without AUTH, RCPT could only check the global list.
+                    message.envelope_to = [r for r in message.envelope_to if r not in exc.blocked]
                     if not message.envelope_to:
                         return replies.ALL_SUPPRESSED
-            queued = await enqueue(self.db, self.relay, message)
+                except UnknownAccount:
+                    return "550 5.7.1 Unknown account"
         except Exception:
             log.exception("queuing a message from %s failed", client)
             return replies.INTERNAL

@@ -5,14 +5,19 @@ from typing import Annotated
 from litestar import Request, post
 from litestar.params import Parameter
 
-from mailgate_api.accounts.service import get_account
 from mailgate_api.deps import Resources
-from mailgate_api.errors import ApiError
+from mailgate_api.errors import ApiError, not_found
 from mailgate_api.submit import reference, service
 from mailgate_api.submit.schemas import SubmitResponse
 from mailgate_api.suppression.service import screen
 from mailgate_common import events
-from mailgate_common.outbox import IdempotencyConflict, enqueue
+from mailgate_common.outbox import (
+    IdempotencyConflict,
+    RecipientsSuppressed,
+    UnknownAccount,
+    enqueue,
+    sending_account,
+)
 from mailgate_common.submission import SubmitRequest
 from mailgate_common.telemetry import current_traceparent
 
@@ -40,25 +45,32 @@ async def submit(
     res: Resources,
     idempotency_key: IdempotencyKey = None,
 ) -> SubmitResponse:
-    # One short read-only session for the checks; the write is enqueue's own transaction.
-    async with res.db.sessions() as session:
-        row = await get_account(session, account)
-        if not row.smtp:
-            raise ApiError(422, "account has no SMTP settings to send with", "account")
-        original = await reference.resolve(session, res.bus, account, data,
-                                           res.settings.imap_fetch_timeout)
-        new = service.compose(row, data, res.settings.delivery_attempts, res.settings.max_message_size,
-                              original)
-        await screen(session, account, new, data.skip_suppressed)
+    row = await sending_account(res.db, account)
+    if row is None:
+        raise not_found("Account", "account")
+    if not row.smtp:
+        raise ApiError(422, "account has no SMTP settings to send with", "account")
+    original = None
+    if data.reference is not None:
+        async with res.db.sessions() as session:
+            original = await reference.resolve(session, res.bus, account, data,
+                                               res.settings.imap_fetch_timeout)
+    new = service.compose(row, data, res.settings.delivery_attempts, res.settings.max_message_size, original)
     new.idempotency_key = idempotency_key
     new.request_fingerprint = await request.body() if idempotency_key else None
     new.traceparent = current_traceparent()
-    try:
-        queued = await enqueue(res.db, res.relay, new)
-    except IdempotencyConflict as exc:
-        raise ApiError(
-            409, "Idempotency-Key was already used with a different request", "Idempotency-Key"
-        ) from exc
+    while True:
+        try:
+            queued = await enqueue(res.db, res.relay, new)
+            break
+        except RecipientsSuppressed as exc:
+            screen(new, exc.blocked, data.skip_suppressed)  # raises unless some recipients remain
+        except UnknownAccount as exc:
+            raise not_found("Account", "account") from exc
+        except IdempotencyConflict as exc:
+            raise ApiError(
+                409, "Idempotency-Key was already used with a different request", "Idempotency-Key"
+            ) from exc
     return SubmitResponse(
         response="Queued for delivery",
         message_id=queued.message_id,

@@ -48,14 +48,11 @@ async def remove(session: AsyncSession, account: str | None, address: str) -> No
         raise not_found("Suppression entry", "address")
 
 
-async def screen(session: AsyncSession, account: str, new: NewMessage, skip_suppressed: bool) -> None:
+def screen(new: NewMessage, blocked: dict[str, str], skip_suppressed: bool) -> None:
     """Refuse a submit that would mail a suppressed recipient, or drop just those recipients.
 
     Runs on the envelope (To, Cc and Bcc alike) because that is who would be mailed.
     """
-    blocked = await suppression.suppressed(session, account, new.envelope_to)
-    if not blocked:
-        return
     details = [
         {"field": "to", "address": address, "reason": reason, "message": f"{address} is suppressed ({reason})"}
         for address, reason in blocked.items()
