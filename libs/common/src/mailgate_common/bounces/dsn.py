@@ -31,6 +31,7 @@ _DSN_FIELDS = frozenset(
         "x-actual-recipient",
         "x-supplementary-info",
         "x-display-name",
+        "x-powermta-bouncecategory",
     }
 )
 # Separates the blank-line delimited field groups of RFC 3464 (one per recipient).

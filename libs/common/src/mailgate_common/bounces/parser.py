@@ -6,7 +6,9 @@ import re
 from collections.abc import Sequence
 from email.message import Message
 
-from . import arf, autoreply, codes, dsn, mlm, reasons, ses, text
+from . import arf, autoreply, codes, dsn, lhost, mlm, reasons, ses, text
+from . import lhost as lhost_mod
+from . import text as text_mod
 from .mime import Parts, header_text, load, split_parts
 from .model import BouncedRecipient, BounceReport
 
@@ -50,6 +52,9 @@ _REMOTE_HOST = re.compile(
 )
 
 
+_NO_ORIGIN = lhost.Origin()
+
+
 def parse_bounce(raw: bytes) -> BounceReport:
     return _parse(load(raw), depth=0)
 
@@ -68,6 +73,7 @@ def _parse(msg: Message, depth: int) -> BounceReport:
     if arf.is_feedback(msg, parts):
         return arf.parse(msg, parts, message_id)
 
+    origin = lhost.identify(msg)
     exclude = _sender_addresses(msg, parts)
     pairs: list[tuple[str, str]] = []
     for part in parts.reports:
@@ -77,7 +83,7 @@ def _parse(msg: Message, depth: int) -> BounceReport:
     report = dsn.build(pairs)
 
     if report.recipients:
-        recipients = [_from_dsn(r, report, explanation) for r in report.recipients]
+        recipients = [_from_dsn(r, report, explanation, origin) for r in report.recipients]
         if all(_succeeded(r) for r in recipients):
             return BounceReport(kind="delivered", message_id=message_id, recipients=recipients)
         recipients = [r for r in recipients if not _succeeded(r)]
@@ -99,7 +105,7 @@ def _parse(msg: Message, depth: int) -> BounceReport:
     )
     is_auto = autoreply.looks_like_autoreply(msg, explanation)
     if signals >= 1 and not (is_auto and signals < 2):
-        recipients = _from_text(msg, explanation, subject, exclude, [])
+        recipients = _from_text(msg, explanation, subject, exclude, [], origin)
         if recipients:
             return BounceReport(kind="bounce", message_id=message_id, recipients=recipients)
         # Some gateways wrap the real bounce, unchanged, inside their own notice.
@@ -113,7 +119,9 @@ def _parse(msg: Message, depth: int) -> BounceReport:
             nested = _parse(pasted, depth + 1)
             if nested.kind == "bounce" and nested.recipients:
                 return nested
-        recipients = _from_text(msg, explanation, subject, exclude, _original_to(parts, returned))
+        recipients = _from_text(
+            msg, explanation, subject, exclude, _original_to(parts, returned), origin
+        )
         if recipients:
             return BounceReport(kind="bounce", message_id=message_id, recipients=recipients)
     if is_auto:
@@ -177,18 +185,30 @@ def _finish(
     diagnostic_type: str = "",
     mta: str | None = None,
     notice: str = "",
+    rhost: str = "",
+    lhost: str = "",
+    origin: lhost_mod.Origin = _NO_ORIGIN,
+    preset: str = "",
 ) -> BouncedRecipient:
     """Status, reply code and reason for one recipient from everything we know about it."""
     reply = codes.find_reply_code(diagnostic) or codes.find_reply_code(context)
     text_status = codes.find_status(diagnostic) or codes.find_status(context)
     status = codes.prefer(codes.clean_status(status_field), text_status, reply)
     evidence = codes.join_multiline_reply(diagnostic)
+    remark = re.search(r"\(([^()]*[A-Za-z][^()]*)\)", status_field or "")
+    if remark:
+        # "Status: 5.2.1 (mailbox disabled, not accepting messages)": the reporting MTA's
+        # own words for the status are evidence as good as the remote server's.
+        evidence = f"{evidence} {remark.group(1)}".strip()
     truncated = re.match(r"\s*[245]\d\d-", diagnostic) is not None and "\n" not in diagnostic
     if truncated:
         # A one-line "550-..." is the first line of a multi-line reply (Sendmail keeps only
         # that in Diagnostic-Code); the whole reply is in the session transcript.
         evidence = _whole_reply(diagnostic, notice) or evidence
-    if len(evidence) <= 12 or "(in reply to" in context.lower() or truncated:
+    # A block that only repeats the address ("* user@example.com") says nothing itself:
+    # the answer is elsewhere in the notice (below a "Technical details" heading, ...).
+    wordless = len(_bare(evidence)) <= 12
+    if wordless or "(in reply to" in context.lower() or truncated:
         # Postfix puts "(in reply to MAIL FROM command)" only in the human-readable part.
         evidence = f"{evidence} {context}".strip()
     facts = reasons.Facts(
@@ -198,12 +218,34 @@ def _finish(
         action=action,
         # The command belongs to this recipient's own answer; the whole notice may quote
         # other recipients' sessions.
-        command=reasons.find_command(diagnostic) or reasons.find_command(context),
+        command=_transcript_command(diagnostic, notice)
+        or reasons.find_command(diagnostic)
+        or reasons.find_command(context),
         diagnostic_type=diagnostic_type,
+        destination=address.rsplit("@", 1)[-1].lower(),
+        rhost=rhost or _remote_host(diagnostic) or _remote_host(context),
+        lhost=lhost,
+        notice=notice,
+        own_diagnostic=diagnostic,
+        reason=preset,
     )
+    verdict = lhost_mod.decide(origin, evidence, notice, status or "")
+    facts.reason = verdict.reason or facts.reason
+    facts.command = verdict.command or facts.command
     if not status and address.lower().endswith("@googlegroups.com"):
         facts.reason = "rejected"  # Google Groups refuses posts from non-members
     reason = reasons.classify(facts)
+    at = context.lower().rfind(address.lower())
+    if (
+        reason == "onhold"
+        and wordless
+        and at >= 0
+        and not _bare(context[at + len(address) :])
+        and not _bare(_paragraph_of(address, notice))
+    ):
+        # Nothing follows the address nor shares its paragraph, where a server's answer
+        # would be: only the notice's boilerplate precedes it. Nothing to hold on to.
+        reason = "undefined"
     return BouncedRecipient(
         address=address,
         action=action or "failed",
@@ -214,6 +256,70 @@ def _finish(
         hard=reasons.is_hard(reason, status, reply),
         mta=mta,
     )
+
+
+_TALKING_TO = re.compile(r"(?i)^\s*(?:\.\.\.\s*)?while talking to |^\s*-+ transcript of session")
+
+
+def _transcript_command(diagnostic: str, notice: str) -> str:
+    """The command the server was answering, read from the session transcript.
+
+    Sendmail quotes the session: ">>> DATA" then "<<< 550 ...". A reply with no command
+    before it since "... while talking to host:" answered the greeting (CONN).
+    """
+    key = " ".join(diagnostic.split())[:40]
+    if len(key) < 8 or "<<<" not in notice:
+        return ""
+    lines = notice.split("\n")
+    for i, line in enumerate(lines):
+        if "<<<" not in line or key not in " ".join(line.split()):
+            continue
+        for prev in reversed(lines[:i]):
+            sent = prev.strip()
+            if sent.startswith(">>>"):
+                return reasons.find_command(sent[3:])
+            if _TALKING_TO.match(prev):
+                return "CONN"
+            if not sent:
+                return ""
+        return ""
+    return ""
+
+
+def _paragraph_of(address: str, notice: str) -> str:
+    """The blank-line delimited paragraph naming the address, without the address."""
+    low = address.lower()
+    for paragraph in re.split(r"\n[ \t]*\n", notice):
+        if low in paragraph.lower():
+            return re.sub(re.escape(address), " ", paragraph, flags=re.I)
+    return ""
+
+
+def _bare(text: str) -> str:
+    """Text without addresses and ASCII punctuation: what is left is the server's words.
+
+    Anything else counts as words, even characters of a charset we failed to decode.
+    """
+    return re.sub(r"[\s!-/:-@\[-`{-~]+", " ", text_mod.ADDR_RE.sub(" ", text)).strip()
+
+
+_HOST_SAID = re.compile(
+    r"(?i)\bhost\s+\[?([A-Za-z0-9][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)+)\]?\s*[\[(]?[\d.:a-f]*[\])]?\s*(?:said|:)"
+)
+
+
+def _remote_host(text: str) -> str:
+    """The server named in "host mx.example.net[192.0.2.1] said:" (Postfix, Exim, qmail)."""
+    m = _HOST_SAID.search(text)
+    return m.group(1).rstrip(".") if m else ""
+
+
+def _host_of(value: str) -> str:
+    """'mx.example.jp [192.0.2.1]' -> 'mx.example.jp' (a Remote-MTA or Reporting-MTA value)."""
+    for token in value.replace("[", " ").replace("]", " ").split():
+        if not re.fullmatch(r"[\d.:]+", token):
+            return token.strip("().").lower()
+    return ""
 
 
 def _whole_reply(first_line: str, notice: str) -> str:
@@ -257,7 +363,9 @@ def _block_for(address: str, explanation: str, others: Sequence[str] = ()) -> st
     return ""
 
 
-def _from_dsn(r: dsn.DsnRecipient, report: dsn.Dsn, explanation: str) -> BouncedRecipient:
+def _from_dsn(
+    r: dsn.DsnRecipient, report: dsn.Dsn, explanation: str, origin: lhost.Origin
+) -> BouncedRecipient:
     others = [o.address.lower() for o in report.recipients if o is not r and o.address.lower() != r.address.lower()]
     context = (
         _block_for(r.address, explanation, others)
@@ -275,6 +383,10 @@ def _from_dsn(r: dsn.DsnRecipient, report: dsn.Dsn, explanation: str) -> Bounced
         diagnostic_type=r.diagnostic_type,
         mta=mta,
         notice=explanation,
+        rhost=_host_of(r.remote_mta),
+        lhost=_host_of(report.reporting_mta),
+        origin=origin,
+        preset=lhost.POWERMTA_CATEGORIES.get(r.fields.get("x-powermta-bouncecategory", "").lower(), ""),
     )
 
 
@@ -288,13 +400,27 @@ def _original_to(parts: Parts, returned: str) -> list[str]:
     return [a.group(0) for a in text.ADDR_RE.finditer(m.group(1))] if m else []
 
 
+# "RCPT TO: addr" in a list of message details echoes the envelope: the server's
+# answer is elsewhere in the notice, not next to it.
+_ENVELOPE_ECHO = re.compile(r"(?i)^\s*rcpt to:\s*<?[^\s<>]+@[^\s<>]+>?\s*$")
+
+
 def _from_text(
-    msg: Message, explanation: str, subject: str, exclude: set[str], original_to: list[str]
+    msg: Message,
+    explanation: str,
+    subject: str,
+    exclude: set[str],
+    original_to: list[str],
+    origin: lhost.Origin,
 ) -> list[BouncedRecipient]:
     # X-Failed-Recipients (Exim, Google) is the MTA's own list: better than any guess.
     failed = [m.group(0) for m in text.ADDR_RE.finditer(header_text(msg, "X-Failed-Recipients"))]
     found = text.pick_recipients(explanation, exclude)
-    if failed:
+    listed = explanation.lower()
+    strangers = [a for a, _ in found if a.lower() not in exclude]
+    if failed and (not strangers or any(a.lower() in listed for a in failed)):
+        # ... unless the notice never names any of them while listing others: then the
+        # header was written for another hop (an alias or a forward) than the notice.
         lines = {a.lower(): n for a, n in found}
         found = [(a, lines.get(a.lower(), -1)) for a in dict.fromkeys(failed)]
     if not found:
@@ -310,9 +436,10 @@ def _from_text(
     stops = {line for _, line in found}
     out: list[BouncedRecipient] = []
     for address, line_no in found:
+        echoed = line_no >= 0 and _ENVELOPE_ECHO.match(explanation.split("\n")[line_no]) is not None
         block = (
             text.block_after(explanation, line_no, stops - {line_no})
-            if line_no >= 0
+            if line_no >= 0 and not echoed
             else text.collapse(explanation)
         )
         host = _REMOTE_HOST.search(block)
@@ -323,6 +450,9 @@ def _from_text(
             block,
             text.collapse(explanation),
             mta=host.group(1) if host else None,
+            notice=explanation,
+            rhost=host.group(1) if host else "",
+            origin=origin,
         )
         if guessed and found_one.reason == "onhold":
             # No answer of any server is quoted for this recipient: nothing to hold on to.

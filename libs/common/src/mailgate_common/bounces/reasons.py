@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from . import lda, rhost
 from .phrases import included_in
 
 # RFC 3463 / IANA enhanced status code -> reason (Sisimai smtp/status Name()).
@@ -183,6 +184,11 @@ class Facts:
     command: str = ""
     diagnostic_type: str = ""
     reason: str = ""  # a reason a family parser already knows for sure
+    destination: str = ""  # domain part of the recipient address
+    rhost: str = ""  # the remote server that refused the message
+    lhost: str = ""  # the MTA that wrote the bounce
+    notice: str = ""  # the whole human-readable notice (delivery agents write there)
+    own_diagnostic: str = ""  # this recipient's Diagnostic-Code alone, without context
 
 
 # Wording of specific MTAs (Exchange, qmail, Exim, OpenSMTPD, Domino, Gmail, Office 365,
@@ -242,6 +248,8 @@ def family_reason(diagnostic: str) -> str:
 
 def _probe(name: str, f: Facts, text: str) -> bool:
     """Sisimai's per-reason ProbesInto(): status code and text together."""
+    if f.reason == name:
+        return True  # the bounce's own MTA said so (Sisimai: fo.Reason == this reason)
     named = status_reason(f.status)
     if name == "userunknown":
         if named == "userunknown":
@@ -374,10 +382,28 @@ def classify(f: Facts) -> str:
     if family == "expired" and included_in("mailboxfull", f.diagnostic.lower()):
         # Exim: "mailbox is full: retry timeout exceeded" - the cause, not the give-up.
         family = "mailboxfull"
-    if family:
+    if family and family not in RETRY:
         return family
     if f.status.startswith("2."):
         return "delivered"
+    # Like Sisimai: a delivery agent's or a provider's own words come before the
+    # generic phrase lists (they are more precise than any status code).
+    local = lda.find(f.own_diagnostic, f.notice, f.command)
+    if local:
+        return local
+    provider = rhost.provider(f.destination, f.rhost, f.lhost)
+    if provider:
+        answer = rhost.Answer(
+            text=" ".join(f.diagnostic.lower().split()),
+            status=f.status,
+            reply_code=f.reply_code,
+            command=f.command,
+        )
+        decided = rhost.find(provider, answer)
+        if decided:
+            return decided
+    if family:
+        return family
     text = " ".join(f.diagnostic.lower().split())
     reason = ""
     if f.diagnostic_type in ("SMTP", ""):

@@ -17,6 +17,8 @@ ADDR_RE = re.compile(ADDR)
 # separator line ("----- Original message -----") or a line that only announces it.
 _ORIGINAL_MARKERS = re.compile(
     r"(?im)^[ \t]*(?:"
+    # Gmail titles its notices "** Message not delivered **": a heading, not a separator.
+    r"(?![*]{2} [^\n]*[*]{2}[ \t]*$)"
     r"[-=_*#]{2,}[ \t]*(?:begin[ \t]+)?(?:this is a copy|below this line|original|returned|"
     r"unsent|undelivered|rejected|included|message|copy|the header|headers? of|text of|"
     r"the original|failed message|content of)[^\n]*|"
@@ -126,9 +128,34 @@ def pick_recipients(notice: str, exclude: set[str]) -> list[tuple[str, int]]:
     return [(next(c.address for c in found if c.address.lower() == k), v) for k, v in seen.items()]
 
 
+# Sendmail's per-recipient result line in a session transcript: "554 <addr>... text".
+_RESULT_LINE = re.compile(r"^\s*[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3} )?<?[^\s<>]+@[^\s<>]+?>?\.\.\.\s")
+_TALKING_TO = re.compile(r"(?i)^\s*(?:\.\.\. )?while talking to ")
+
+
+def _transcript_exchange(lines: list[str], line_no: int) -> str:
+    """A Sendmail result line with the server replies that led to it.
+
+    In a transcript the result line closes the recipient's exchange: the lines before it
+    back to the last command sent (">>> DATA") are the server's answers about it, while
+    the lines after it already belong to the next recipient.
+    """
+    start = line_no
+    while start > 0:
+        prev = lines[start - 1]
+        if not prev.strip() or _RESULT_LINE.match(prev) or _TALKING_TO.match(prev):
+            break
+        start -= 1
+        if prev.lstrip().startswith(">>>"):
+            break
+    return " ".join(" ".join(lines[start : line_no + 1]).split())
+
+
 def block_after(notice: str, line_no: int, stops: set[int]) -> str:
     """The answer text that belongs to the recipient named on line_no."""
     lines = notice.split("\n")
+    if _RESULT_LINE.match(lines[line_no]):
+        return _transcript_exchange(lines, line_no)
     out: list[str] = [lines[line_no]]
     blank_run = 0
     for i in range(line_no + 1, min(len(lines), line_no + 40)):
