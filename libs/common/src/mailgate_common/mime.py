@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from email import policy
 from email.charset import QP, Charset
 from email.encoders import encode_base64
+from email.errors import HeaderParseError
+from email.header import Header, decode_header, make_header
 from email.message import Message
 from email.mime.base import MIMEBase
 from email.mime.message import MIMEMessage
@@ -359,6 +361,27 @@ def _header_lines(block: bytes) -> list[bytes]:
     return fields
 
 
+def _unicode(value: str | Header) -> str:
+    """A raw header value as str; compat32 returns 8-bit (RFC 6532 UTF-8) values as a Header."""
+    if isinstance(value, Header):
+        return "".join(
+            chunk.decode("utf-8", "replace") if isinstance(chunk, bytes) else chunk
+            for chunk, _ in decode_header(value)
+        )
+    return value
+
+
+def _decoded(value: str | Header) -> str:
+    """A header value as text: RFC 2047 words decoded, raw UTF-8 (RFC 6532) kept."""
+    if isinstance(value, Header):
+        return " ".join(_unicode(value).split())
+    value = " ".join(value.split())
+    try:
+        return str(make_header(decode_header(value)))
+    except (HeaderParseError, LookupError, UnicodeDecodeError):
+        return value
+
+
 def prepare_raw(
     raw: bytes,
     *,
@@ -369,7 +392,9 @@ def prepare_raw(
     block, body = split_header_block(raw)
     if not block.strip() or b":" not in block.split(b"\n", 1)[0]:
         raise InvalidMessage("raw", "does not start with a header block")
-    headers = BytesHeaderParser(policy=policy.default).parsebytes(block + b"\r\n")
+    # compat32: the header values as written, no structured parsing (most of the
+    # CPU an SMTP DATA costs otherwise); only the Subject is decoded below.
+    headers = BytesHeaderParser(policy=policy.compat32).parsebytes(block + b"\r\n")
     removing = {"bcc", *(d.lower() for d in drop)}
     kept: list[bytes] = []
     removed: dict[str, str] = {}
@@ -381,9 +406,9 @@ def prepare_raw(
             continue
         kept.append(line if line.endswith(b"\n") else line + b"\r\n")
     added: list[bytes] = []
-    message_id = headers.get("Message-ID")
+    message_id = " ".join(str(headers.get("Message-ID", "")).split())
     if not message_id:
-        from_values = getaddresses([str(headers.get("From", ""))])
+        from_values = getaddresses([_unicode(headers.get("From", ""))])
         message_id = new_message_id(from_values[0][1] if from_values else "")
         added.append(f"Message-ID: {message_id}\r\n".encode())
     if not headers.get("Date"):
@@ -396,15 +421,15 @@ def prepare_raw(
         out = out.replace(b"\r\n", b"\n")
     recipients = [
         addr for _, addr in getaddresses(
-            [str(v) for key in ("To", "Cc", "Bcc") for v in headers.get_all(key, [])]
+            [_unicode(v) for key in ("To", "Cc", "Bcc") for v in headers.get_all(key, [])]
         ) if addr
     ]
-    from_header = getaddresses([str(headers.get("From", ""))])
+    from_header = getaddresses([_unicode(headers.get("From", ""))])
     subject = headers.get("Subject")
     return PreparedRaw(
         raw=out + (body if body.startswith((b"\r\n", b"\n")) else eol + body),
-        message_id=str(message_id).strip(),
-        subject=str(subject) if subject is not None else None,
+        message_id=message_id,
+        subject=_decoded(subject) if subject is not None else None,
         header_from=from_header[0][1] if from_header and from_header[0][1] else None,
         header_recipients=recipients,
         removed_headers=removed,

@@ -86,11 +86,15 @@ class RecipientsSuppressed(Exception):
 
 
 class UnknownAccount(Exception):
-    """The account was deleted while the message was being composed."""
+    """No such account (or it was deleted while the message was being composed)."""
 
 
-# One statement, so one round trip and its own commit: the suppression check and
-# the insert cannot be split by a bounce being recorded in between.
+class AccountCannotSend(Exception):
+    """The account has no SMTP settings to send with."""
+
+
+# One statement, so one round trip and its own commit; the checks guard the insert,
+# so a bounce recorded or an account changed meanwhile cannot slip between them.
 _INSERT = """
 INSERT INTO outbox (id, account_id, source, message_id, envelope_from, envelope_to, subject, raw,
                     state, send_at, next_attempt_at, max_attempts, idempotency_key, request_hash,
@@ -98,7 +102,8 @@ INSERT INTO outbox (id, account_id, source, message_id, envelope_from, envelope_
 SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text[], $7::text, $8::bytea,
        $9::text, $10::timestamptz, $10::timestamptz, $11::int, $12::text, $13::text, $14::jsonb,
        $15::boolean
-WHERE NOT EXISTS (
+WHERE EXISTS (SELECT 1 FROM accounts WHERE id = $2::text AND smtp IS NOT NULL)
+AND NOT EXISTS (
     SELECT 1 FROM suppressions
     WHERE address = ANY($16::text[]) AND (account_id IS NULL OR account_id = $2::text)
 )
@@ -121,8 +126,8 @@ async def sending_account(db: Database, account_id: str) -> Account | None:
 
 
 async def enqueue(db: Database, relay: EventRelay, msg: NewMessage) -> Queued:
-    """Commit the message to the outbox, then wake a sender; raises
-    :class:`RecipientsSuppressed`, :class:`UnknownAccount`, :class:`IdempotencyConflict`."""
+    """Commit the message to the outbox, then wake a sender; raises :class:`UnknownAccount`,
+    :class:`AccountCannotSend`, :class:`RecipientsSuppressed`, :class:`IdempotencyConflict`."""
     request_hash = fingerprint(msg.request_fingerprint) if msg.request_fingerprint else None
     if msg.idempotency_key:
         existing = await _find_idempotent(db, msg, request_hash)
@@ -139,8 +144,6 @@ async def enqueue(db: Database, relay: EventRelay, msg: NewMessage) -> Queued:
                 json.dumps(msg.reference) if msg.reference is not None else None, msg.copy,
                 [suppression.normalize(a) for a in msg.envelope_to],
             )
-            if inserted is None:
-                raise RecipientsSuppressed(await suppression.suppressed(db, msg.account_id, msg.envelope_to))
     except asyncpg.ForeignKeyViolationError as exc:
         raise UnknownAccount(msg.account_id) from exc
     except asyncpg.UniqueViolationError:
@@ -150,6 +153,10 @@ async def enqueue(db: Database, relay: EventRelay, msg: NewMessage) -> Queued:
             if existing is not None:
                 return existing
         raise
+    if inserted is None:
+        await _explain_refusal(db, msg)
+        # Nothing is wrong any more (an entry was removed meanwhile): try again.
+        return await enqueue(db, relay, msg)
     SUBMISSIONS.labels(msg.source, "queued").inc()
     await relay.publish_hint(events.SubmissionQueued(
         account=msg.account_id,
@@ -159,6 +166,18 @@ async def enqueue(db: Database, relay: EventRelay, msg: NewMessage) -> Queued:
         traceparent=msg.traceparent,
     ))
     return Queued(queue_id=queue_id, message_id=msg.message_id, send_at=msg.send_at)
+
+
+async def _explain_refusal(db: Database, msg: NewMessage) -> None:
+    """Raise what stopped the guarded insert: the rare path, so plain queries."""
+    account = await sending_account(db, msg.account_id)
+    if account is None:
+        raise UnknownAccount(msg.account_id)
+    if not account.smtp:
+        raise AccountCannotSend(msg.account_id)
+    blocked = await suppression.suppressed(db, msg.account_id, msg.envelope_to)
+    if blocked:
+        raise RecipientsSuppressed(blocked)
 
 
 async def _find_idempotent(db: Database, msg: NewMessage, request_hash: str | None) -> Queued | None:

@@ -24,7 +24,13 @@ from mailgate_common import events, suppression
 from mailgate_common.db import Database
 from mailgate_common.event_relay import EventRelay
 from mailgate_common.mime import InvalidMessage, normalize_address
-from mailgate_common.outbox import NewMessage, RecipientsSuppressed, UnknownAccount, enqueue, sending_account
+from mailgate_common.outbox import (
+    AccountCannotSend,
+    NewMessage,
+    RecipientsSuppressed,
+    UnknownAccount,
+    enqueue,
+)
 from mailgate_common.settings import Settings
 from mailgate_common.telemetry import current_traceparent
 from mailgate_smtp_ingress import replies
@@ -244,11 +250,6 @@ class IngressHandler:
 
     async def _queue(self, message: NewMessage, client: str) -> str:
         try:
-            account = await sending_account(self.db, message.account_id)
-            if account is None:
-                return "550 5.7.1 Unknown account"
-            if not account.smtp:
-                return "550 5.7.1 The account has no SMTP settings to send with"
             while True:
                 try:
                     queued = await enqueue(self.db, self.relay, message)
@@ -261,6 +262,8 @@ class IngressHandler:
                         return replies.ALL_SUPPRESSED
                 except UnknownAccount:
                     return "550 5.7.1 Unknown account"
+                except AccountCannotSend:
+                    return "550 5.7.1 The account has no SMTP settings to send with"
         except Exception:
             log.exception("queuing a message from %s failed", client)
             return replies.INTERNAL

@@ -11,7 +11,9 @@ from mailgate_api.submit import reference, service
 from mailgate_api.submit.schemas import SubmitResponse
 from mailgate_api.suppression.service import screen
 from mailgate_common import events
+from mailgate_common.db.models import Account
 from mailgate_common.outbox import (
+    AccountCannotSend,
     IdempotencyConflict,
     RecipientsSuppressed,
     UnknownAccount,
@@ -45,11 +47,11 @@ async def submit(
     res: Resources,
     idempotency_key: IdempotencyKey = None,
 ) -> SubmitResponse:
-    row = await sending_account(res.db, account)
+    # The account's own name and address only fill in what the body leaves out;
+    # whether the account exists and can send is checked by the guarded insert.
+    row = await sending_account(res.db, account) if _needs_identity(data) else Account(id=account)
     if row is None:
         raise not_found("Account", "account")
-    if not row.smtp:
-        raise ApiError(422, "account has no SMTP settings to send with", "account")
     original = None
     if data.reference is not None:
         async with res.db.sessions() as session:
@@ -67,6 +69,8 @@ async def submit(
             screen(new, exc.blocked, data.skip_suppressed)  # raises unless some recipients remain
         except UnknownAccount as exc:
             raise not_found("Account", "account") from exc
+        except AccountCannotSend as exc:
+            raise ApiError(422, "account has no SMTP settings to send with", "account") from exc
         except IdempotencyConflict as exc:
             raise ApiError(
                 409, "Idempotency-Key was already used with a different request", "Idempotency-Key"
@@ -77,3 +81,7 @@ async def submit(
         send_at=events.iso(queued.send_at) or "",
         queue_id=queued.queue_id,
     )
+
+
+def _needs_identity(data: SubmitRequest) -> bool:
+    return data.from_ is None or data.raw is not None or data.reference is not None
