@@ -12,10 +12,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailgate_common import events
+from mailgate_common.db import Database
 from mailgate_common.db.models import ApiToken
 
 SCOPES = ("api", "smtp", "*")
@@ -62,26 +63,29 @@ async def create(
     return token
 
 
-async def verify(session: AsyncSession, token: str, admin_token: str | None = None) -> TokenInfo | None:
+_LOOKUP = "SELECT id, account_id, scopes, description, last_used_at FROM api_tokens WHERE id = $1"
+_TOUCH = """
+UPDATE api_tokens SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $3)
+"""
+
+
+async def verify(db: Database, token: str, admin_token: str | None = None) -> TokenInfo | None:
+    """Who this token is; one prepared statement, as every request asks it."""
     if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
         return TokenInfo(id="admin", account=None, scopes=("*",), description="MAILGATE_ADMIN_TOKEN")
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
-    row = await session.get(ApiToken, hash_token(token))
-    if row is None:
-        return None
-    # Touch lastUsed at most once a minute: a busy client must not turn every
-    # request into a write that contends on one row.
-    now = events.utcnow()
-    if row.last_used_at is None or now - row.last_used_at > LAST_USED_PRECISION:
-        await session.execute(
-            update(ApiToken)
-            .where(ApiToken.id == row.id)
-            .where(or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < now - LAST_USED_PRECISION))
-            .values(last_used_at=now)
-        )
-    return TokenInfo(id=row.id, account=row.account_id, scopes=tuple(row.scopes),
-                     description=row.description)
+    async with db.statement_connection() as conn:
+        row = await conn.fetchrow(_LOOKUP, hash_token(token))
+        if row is None:
+            return None
+        # Touch lastUsed at most once a minute: a busy client must not turn every
+        # request into a write that contends on one row.
+        now = events.utcnow()
+        if row["last_used_at"] is None or now - row["last_used_at"] > LAST_USED_PRECISION:
+            await conn.execute(_TOUCH, row["id"], now, now - LAST_USED_PRECISION)
+    return TokenInfo(id=row["id"], account=row["account_id"], scopes=tuple(row["scopes"]),
+                     description=row["description"])
 
 
 async def list_tokens(session: AsyncSession) -> list[ApiToken]:

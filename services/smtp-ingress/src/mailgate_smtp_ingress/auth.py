@@ -48,12 +48,13 @@ class Authenticator:
             return None
         if not account or not secret:
             return None
-        async with self._db.transaction() as session:
+        async with self._db.sessions() as session:
             if await session.get(Account, account) is None:
                 return None
-            info = await tokens.verify(session, secret, self._admin_token)
-            if info is not None:
-                return Identity(account, "token") if info.allows("smtp", account) else None
+        info = await tokens.verify(self._db, secret, self._admin_token)
+        if info is not None:
+            return Identity(account, "token") if info.allows("smtp", account) else None
+        async with self._db.sessions() as session:
             stored = (await service_settings.read(session, [SERVER_PASSWORD_SETTING]))[
                 SERVER_PASSWORD_SETTING
             ]
