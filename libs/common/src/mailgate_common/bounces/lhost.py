@@ -30,6 +30,9 @@ class Origin:
 class Verdict:
     reason: str = ""
     command: str = ""
+    # The MTA's own wording is more precise than any status code it may carry (qmail's
+    # "#4.4.1" says "gave up", its text says why): no generic rule gets to overrule it.
+    final: bool = False
 
 
 def identify(msg: Message) -> Origin:
@@ -46,6 +49,12 @@ def identify(msg: Message) -> Origin:
         return Origin("MessageLabs")
     if "InterScan" in sender or "InterScan" in str(msg.get("Content-Type", "")):
         return Origin("InterScanMSS")
+    # qmail-send titles its bounces "failure notice" and stamps "(qmail NNN invoked ...)"
+    # Received headers; qmail clones that do neither word their notices their own way.
+    if subject in ("failure notice", "Failure Notice") or any(
+        "(qmail " in str(r) for r in msg.get_all("Received") or []
+    ):
+        return Origin("qmail")
     return Origin()
 
 
@@ -103,6 +112,18 @@ _IMAIL: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("expired", ("Delivery failed ",)),
 )
 
+# qmail-remote's own words (qmail-remote.c) for a delivery it gave up on: the SMTP
+# connection never got anywhere, which is a network problem rather than a timeout.
+_QMAIL: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "networkerror",
+        (
+            "Sorry, I wasn't able to establish an SMTP connection",
+            "Sorry. Although I'm listed as a best-preference MX or A for that host",
+        ),
+    ),
+)
+
 # Symantec Email Security.cloud answers "542 <addr> Rejected" for unknown recipients.
 _MESSAGELABS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("userunknown", ("542 ", " Rejected", "No such user")),
@@ -147,6 +168,9 @@ def decide(origin: Origin, evidence: str, notice: str, status: str) -> Verdict:
     if origin.name == "InterScanMSS":
         # Trend Micro's only failure text: "Unable to deliver message to <addr>".
         return Verdict("userunknown" if "Unable to deliver" in evidence else "")
+    if origin.name == "qmail":
+        reason = _first(_QMAIL, " ".join(evidence.split()))
+        return Verdict(reason, final=bool(reason))
     if origin.name == "IMailServer":
         return Verdict(_first(_IMAIL, " ".join(evidence.split())))
     return Verdict()

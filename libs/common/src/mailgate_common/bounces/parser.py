@@ -53,6 +53,11 @@ _REMOTE_HOST = re.compile(
 
 
 _NO_ORIGIN = lhost.Origin()
+# RFC 5322 violations of the returned message, as MTAs and filters word them.
+_MALFORMED_MESSAGE = re.compile(
+    r"(?i)duplicate header|not rfc ?5322 compliant|rfcmessagenoncompliant|"
+    r"multiple (?:from|to|cc|subject|date|sender|message-id) header"
+)
 
 
 def parse_bounce(raw: bytes) -> BounceReport:
@@ -189,6 +194,7 @@ def _finish(
     lhost: str = "",
     origin: lhost_mod.Origin = _NO_ORIGIN,
     preset: str = "",
+    lead: str = "",
 ) -> BouncedRecipient:
     """Status, reply code and reason for one recipient from everything we know about it."""
     reply = codes.find_reply_code(diagnostic) or codes.find_reply_code(context)
@@ -205,6 +211,11 @@ def _finish(
         # A one-line "550-..." is the first line of a multi-line reply (Sendmail keeps only
         # that in Diagnostic-Code); the whole reply is in the session transcript.
         evidence = _whole_reply(diagnostic, notice) or evidence
+    if lead and _MALFORMED_MESSAGE.search(lead):
+        # A content filter reports a malformed message (amavisd-new: 'Duplicate header
+        # field: "From"') in its own explanation: it is about the message, which every
+        # recipient shares, not in any one recipient's Diagnostic-Code.
+        evidence = f"{text_mod.collapse(lead)} {evidence}"
     # A block that only repeats the address ("* user@example.com") says nothing itself:
     # the answer is elsewhere in the notice (below a "Technical details" heading, ...).
     wordless = len(_bare(evidence)) <= 12
@@ -234,7 +245,7 @@ def _finish(
     facts.command = verdict.command or facts.command
     if not status and address.lower().endswith("@googlegroups.com"):
         facts.reason = "rejected"  # Google Groups refuses posts from non-members
-    reason = reasons.classify(facts)
+    reason = verdict.reason if verdict.final else reasons.classify(facts)
     at = context.lower().rfind(address.lower())
     if (
         reason == "onhold"
@@ -387,6 +398,7 @@ def _from_dsn(
         lhost=_host_of(report.reporting_mta),
         origin=origin,
         preset=lhost.POWERMTA_CATEGORIES.get(r.fields.get("x-powermta-bouncecategory", "").lower(), ""),
+        lead=explanation if len(report.recipients) == 1 else "",
     )
 
 

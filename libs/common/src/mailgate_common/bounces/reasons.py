@@ -148,8 +148,9 @@ def find_command(text: str | None) -> str:
         return "CONN"  # rejected in the greeting, before any command was sent
     if (
         re.search(
-            r"(?i)does not like recipient|recipient address rejected|"
-            r"unknown recipient|recipient unknown",
+            # Not "Recipient address rejected": Postfix also answers so after DATA
+            # (smtpd_data_restrictions), so like Sisimai we need the command itself.
+            r"(?i)does not like recipient|unknown recipient|recipient unknown",
             text,
         )
         and "DATA" not in text
@@ -203,7 +204,10 @@ _FAMILY: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
             r"not listed in (?:domino directory|public name & address book)|"
             r"invalid final delivery userid|mailbox not found|"
             r"the email address wasn.t found at the destination|"
-            r"no valid recipients for this mm",  # Verizon MMS gateway (Sisimai lhost/verizon.go)
+            r"no valid recipients for this mm|"  # Verizon MMS gateway (Sisimai lhost/verizon.go)
+            # Exchange Online documents "5.4.1 Recipient address rejected: Access denied"
+            # (directory based edge blocking) as "the recipient's address doesn't exist".
+            r"5\.4\.1 recipient address rejected: access denied",
         ),
         (
             "notaccept",
@@ -214,8 +218,7 @@ _FAMILY: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         (
             "networkerror",
             r"network error on destination mxs|dns query failed|"
-            r"lookup of \S+ (?:responded with code nxdomain|had no relevant answers)|"
-            r"wasn't able to establish an smtp connection",
+            r"lookup of \S+ (?:responded with code nxdomain|had no relevant answers)",
         ),
         ("hostunknown", r"dns lookup failure: host \S+ not found|^no such domain"),
         ("blocked", r"my name was rejected"),
