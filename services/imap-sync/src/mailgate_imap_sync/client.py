@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 from typing import Any
 
 from aioimaplib import aioimaplib  # type: ignore[import-untyped]  # ships no type hints
 
 from mailgate_imap_sync import parse
+
+# Put on the IDLE push queue when the connection goes away.
+LOST = [b"* BYE connection lost"]
 
 
 class ImapError(Exception):
@@ -31,12 +35,20 @@ class AuthError(ImapError):
     """The server rejected the credentials (retry only much later)."""
 
 
-def _tls_context(settings: dict[str, Any]) -> ssl.SSLContext:
+@functools.cache
+def _shared_context(verify: bool) -> ssl.SSLContext:
     context = ssl.create_default_context()
-    if (settings.get("tls") or {}).get("rejectUnauthorized") is False:
+    if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def _tls_context(settings: dict[str, Any]) -> ssl.SSLContext:
+    # One context per verification mode for the whole process: each context loads
+    # the system CA store (~0.9 MB), which per connection made up nearly all of an
+    # account's memory.  Contexts are never changed after creation, so sharing is safe.
+    return _shared_context((settings.get("tls") or {}).get("rejectUnauthorized") is not False)
 
 
 class Connection:
@@ -100,8 +112,13 @@ async def connect(settings: dict[str, Any], io_timeout: float) -> Connection:
     secure = bool(settings.get("secure"))
     tls = settings.get("tls") or {}
     lost = asyncio.Event()
-    client = aioimaplib.IMAP4(host, port, timeout=io_timeout,
-                              conn_lost_cb=lambda _exc: lost.set(),
+
+    def on_lost(_exc: Exception | None) -> None:
+        lost.set()
+        # Also wakes a watcher waiting in IDLE, which waits on this queue alone.
+        client.protocol.idle_queue.put_nowait(LOST)
+
+    client = aioimaplib.IMAP4(host, port, timeout=io_timeout, conn_lost_cb=on_lost,
                               ssl_context=_tls_context(settings) if secure else None)
     connection = Connection(client, lost)
     try:
@@ -129,7 +146,18 @@ async def connect(settings: dict[str, Any], io_timeout: float) -> Connection:
     # Capabilities change after login (e.g. CONDSTORE appears).
     if not any(c.startswith("IDLE") for c in connection.capabilities) or len(connection.capabilities) < 3:
         await client.protocol.capability()
+    client.protocol.capabilities = _shared_capabilities(frozenset(client.protocol.capabilities))
     return connection
+
+
+_capability_sets: dict[frozenset[str], frozenset[str]] = {}
+
+
+def _shared_capabilities(capabilities: frozenset[str]) -> frozenset[str]:
+    """One copy of each distinct capability list: accounts on the same server all
+    get the same ~40 strings, which held per connection cost ~6 KB an account.
+    aioimaplib only ever replaces the set, never changes it, so sharing is safe."""
+    return _capability_sets.setdefault(capabilities, capabilities)
 
 
 async def _starttls(connection: Connection, settings: dict[str, Any], io_timeout: float) -> None:

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 
 from prometheus_client import Gauge
@@ -38,11 +39,17 @@ from mailgate_common.settings import Settings, load_settings_or_exit
 from mailgate_imap_sync import state
 from mailgate_imap_sync.commands import Commands
 from mailgate_imap_sync.leases import Leases
+from mailgate_imap_sync.malloc import fix_mmap_threshold
 from mailgate_imap_sync.watcher import Watcher
 
 log = logging.getLogger("mailgate.imap-sync")
 
 WATCHED = Gauge("mailgate_imap_accounts_watched", "Accounts this replica holds and watches")
+# Watchers connecting and doing their first sync at once, per pooled database
+# connection: enough to keep the pool busy while others wait on the IMAP server.
+OPENING_PER_DB_CONNECTION = 2
+# SIGTERM: watchers get this long to log out, then their sockets are just closed.
+STOP_DEADLINE = 5.0
 
 
 class ImapSyncService:
@@ -56,6 +63,7 @@ class ImapSyncService:
         self.leases = Leases(self.db, self.holder, settings.imap_lease_ttl, settings.imap_lease_batch)
         self.commands = Commands(settings, self.db, self.sealer)
         self.watchers: dict[str, tuple[asyncio.Task[None], str]] = {}
+        self.opening = asyncio.Semaphore(max(4, OPENING_PER_DB_CONNECTION * settings.db_pool_size))
         self.scan_now = asyncio.Event()
         self.loops: list[asyncio.Task[None]] = []
 
@@ -90,29 +98,39 @@ class ImapSyncService:
 
     async def scan_loop(self) -> None:
         while True:
+            full = False
             try:
                 taken, excess = await self.leases.acquire()
                 for account in taken:
                     if account not in self.watchers:
                         self._start_watcher(account, "")
+                # A full batch: more accounts are probably free.  Take the next batch
+                # soon rather than a whole interval later (1,000 accounts would need
+                # 100 intervals); the pause still lets replicas started together see
+                # each other's heartbeat before one has taken everything.
+                full = len(taken) >= self.leases.batch
                 if excess > 0:
                     # A replica joined: hand some accounts over to it.
                     surplus = list(self.watchers)[:excess]
                     log.info("releasing %d accounts to other replicas", len(surplus))
-                    for account in surplus:
-                        await self._stop_watcher(account)
+                    await self._stop_watchers(surplus)
                     await self.leases.release(surplus)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("lease scan failed: %r", exc)
+            pause = self.settings.imap_scan_interval / (10 if full else 1)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.scan_now.wait(), self.settings.imap_scan_interval)
+                await asyncio.wait_for(self.scan_now.wait(), pause)
             self.scan_now.clear()
 
     async def heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.imap_heartbeat)
+            # Only watchers started before the renewal can be judged by it: a lease
+            # the scan commits while the renewal runs is missing from its snapshot,
+            # and the watcher just started for it must not be stopped as "lost".
+            started = set(self.watchers)
             try:
                 held = {h.account: h.fingerprint for h in await self.leases.renew()}
             except asyncio.CancelledError:
@@ -122,23 +140,25 @@ class ImapSyncService:
                 # replica starts (it waits for expiry, we stop now).
                 log.warning("lease renewal failed, stopping watchers: %r", exc)
                 held = {}
-            for account in list(self.watchers):
-                if account not in held:
-                    log.info("lease of %s lost, stopping its watcher", account)
-                    await self._stop_watcher(account)
+            lost = [a for a in self.watchers if a in started and a not in held]
+            if lost:
+                log.info("leases of %d accounts lost, stopping their watchers: %s",
+                         len(lost), ", ".join(lost[:10]))
+                await self._stop_watchers(lost)
+            changed = [a for a, fingerprint in held.items()
+                       if a in self.watchers and self.watchers[a][1] not in ("", fingerprint)]
+            if changed:
+                log.info("settings of %s changed, reconnecting", ", ".join(changed))
+                await self._stop_watchers(changed)
             for account, fingerprint in held.items():
                 current = self.watchers.get(account)
                 if current is None:
-                    self._start_watcher(account, fingerprint)
-                elif current[1] and current[1] != fingerprint:
-                    log.info("settings of %s changed, reconnecting", account)
-                    await self._stop_watcher(account)
                     self._start_watcher(account, fingerprint)
                 elif not current[1]:
                     self.watchers[account] = (current[0], fingerprint)
 
     def _start_watcher(self, account: str, fingerprint: str) -> None:
-        watcher = Watcher(self.settings, self.db, self.relay, self.sealer, account)
+        watcher = Watcher(self.settings, self.db, self.relay, self.sealer, account, self.opening)
         task = asyncio.create_task(watcher.run(), name=f"watch:{account}")
         self.watchers[account] = (task, fingerprint)
         WATCHED.set(len(self.watchers))
@@ -152,35 +172,52 @@ class ImapSyncService:
 
         task.add_done_callback(done)
 
-    async def _stop_watcher(self, account: str) -> None:
-        entry = self.watchers.pop(account, None)
+    async def _stop_watchers(self, accounts: list[str], deadline: float | None = None) -> None:
+        """Stop these watchers all at once (each closes its connection as it ends).
+
+        Concurrently: one by one, a thousand polite LOGOUTs took minutes.  With a
+        ``deadline``, watchers still closing after it are left behind (shutdown:
+        the process exit closes their sockets).
+        """
+        tasks = []
+        for account in accounts:
+            entry = self.watchers.pop(account, None)
+            if entry is not None:
+                entry[0].cancel()
+                tasks.append(entry[0])
+            state.forget(account)
         WATCHED.set(len(self.watchers))
-        if entry is None:
+        if not tasks:
             return
-        entry[0].cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await entry[0]
-        state.forget(account)
+        _, pending = await asyncio.wait(tasks, timeout=deadline)
+        if pending:
+            log.warning("%d watchers still closing after %.0f s, leaving them", len(pending), deadline)
 
     # --- shutdown ---------------------------------------------------------
 
     async def stop(self) -> None:
+        started = time.monotonic()
         await self.bus.stop_consuming(grace=20)
         for loop in self.loops:
             loop.cancel()
         for loop in self.loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
+        log.info("stop: loops done after %.1f s", time.monotonic() - started)
         accounts = list(self.watchers)
-        await asyncio.gather(*(self._stop_watcher(a) for a in accounts))
+        await self._stop_watchers(accounts, STOP_DEADLINE)
+        log.info("stop: %d watchers done after %.1f s", len(accounts), time.monotonic() - started)
         try:
             await self.leases.release(accounts, leaving=True)
         except Exception as exc:
             log.warning("could not release leases (they expire on their own): %r", exc)
+        log.info("stop: leases released after %.1f s", time.monotonic() - started)
         await self.bus.close()
         await self.db.dispose()
+        log.info("stop: done after %.1f s", time.monotonic() - started)
 
 
 def main() -> None:
     settings = load_settings_or_exit()
+    fix_mmap_threshold()
     run("imap-sync", settings, ImapSyncService(settings))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from prometheus_client import Gauge
@@ -19,22 +20,31 @@ STATES = ("connecting", "connected", "authenticationError", "connectError", "dis
 _held: dict[str, str] = {}
 
 
-def _publish_counts() -> None:
-    for name in STATES:
-        ACCOUNT_STATES.labels(name).set(sum(1 for s in _held.values() if s == name))
+_counts: Counter[str] = Counter()
+
+
+def _hold(account: str, state: str | None) -> None:
+    # Counted as states change: recounting all accounts on every change cost
+    # O(accounts²) while a thousand connect at once.
+    previous = _held.pop(account, None)
+    if previous is not None:
+        _counts[previous] -= 1
+        ACCOUNT_STATES.labels(previous).set(_counts[previous])
+    if state is not None:
+        _held[account] = state
+        _counts[state] += 1
+        ACCOUNT_STATES.labels(state).set(_counts[state])
 
 
 def forget(account: str) -> None:
     """This replica no longer watches the account."""
-    if _held.pop(account, None) is not None:
-        _publish_counts()
+    _hold(account, None)
 
 
 async def set_state(db: Database, relay: EventRelay, account: str, state: str,
                     error: str | None = None) -> bool:
     """Store ``state``; stage an ``account.state`` event only if it changed."""
-    _held[account] = state
-    _publish_counts()
+    _hold(account, state)
     change: events.AccountState | None = None
     async with db.transaction() as session:
         row = await session.scalar(select(Account).where(Account.id == account).with_for_update())

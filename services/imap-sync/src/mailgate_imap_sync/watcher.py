@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from typing import Any
 
@@ -57,14 +58,34 @@ async def account_settings(db: Database, sealer: Sealer, account: str) -> dict[s
     return with_secret(row.imap, secret)
 
 
+_CHANGE = re.compile(rb"^(\* )?(\d+ (EXISTS|EXPUNGE|FETCH|RECENT)|VANISHED)", re.IGNORECASE)
+
+
+def _is_change(push: Any) -> bool:
+    """Whether an IDLE push reports a mailbox change.
+
+    Dovecot sends ``* OK Still here`` every 2 minutes; taken as a change, every
+    account resynced every 2 minutes - all at the same moment after they
+    connected together, which swamped the database pool.  aioimaplib's restart
+    marker (a string) is no change either: IDLE is simply re-issued.
+    """
+    return isinstance(push, list) and any(_CHANGE.match(bytes(line)) for line in push)
+
+
 class Watcher:
+    # Thousands live in one process: no per-instance __dict__.
+    __slots__ = ("account", "db", "failures", "listed", "opening", "relay", "sealer", "settings")
+
     def __init__(self, settings: Settings, db: Database, relay: EventRelay, sealer: Sealer,
-                 account: str) -> None:
+                 account: str, opening: asyncio.Semaphore) -> None:
         self.settings = settings
         self.db = db
         self.relay = relay
         self.sealer = sealer
         self.account = account
+        # Shared by all watchers of the replica: bounds how many connect or sync at
+        # once (see ``_session`` and ``_watch``).
+        self.opening = opening
         self.failures = 0
         # The folders the server listed last (LIST is repeated on each folder poll).
         self.listed: list[parse.Folder] = []
@@ -72,51 +93,86 @@ class Watcher:
     async def run(self) -> None:
         while True:
             try:
-                imap = await account_settings(self.db, self.sealer, self.account)
-            except CredentialError as exc:
-                await set_state(self.db, self.relay, self.account, "connectError", str(exc))
-                await asyncio.sleep(self.settings.imap_auth_retry)
-                continue
-            if imap is None:
+                delay = await self._attempt()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Typically the database (pool timeout, restart) while storing the
+                # state: the watcher must go on, or the account stays unwatched until
+                # the next heartbeat notices.
+                log.warning("%s: watcher error, retrying: %r", self.account, exc)
+                delay = self._backoff()
+            if delay is None:
                 return
-            delay = await self._session(imap)
             await asyncio.sleep(delay)
 
-    async def _session(self, imap: dict[str, Any]) -> float:
-        """One connection's life; returns how long to wait before the next."""
-        await set_state(self.db, self.relay, self.account, "connecting")
+    async def _attempt(self) -> float | None:
+        """One connection attempt; how long to wait before the next (None: stop)."""
         try:
-            connection = await connect(imap, self.settings.imap_timeout)
-        except AuthError as exc:
-            log.warning("%s: login rejected: %s", self.account, exc)
-            await set_state(self.db, self.relay, self.account, "authenticationError", str(exc))
-            return self.settings.imap_auth_retry
-        except ImapError as exc:
-            log.warning("%s: cannot connect: %s", self.account, exc)
+            imap = await account_settings(self.db, self.sealer, self.account)
+        except CredentialError as exc:
             await set_state(self.db, self.relay, self.account, "connectError", str(exc))
-            return self._backoff()
+            return self.settings.imap_auth_retry
+        if imap is None:
+            return None
+        return await self._session(imap)
+
+    async def _session(self, imap: dict[str, Any]) -> float:
+        """One connection's life; returns how long to wait before the next.
+
+        Connecting, logging in and the first sync run under ``opening``: when a
+        replica takes over (or reconnects) a thousand accounts at once, unbounded
+        they would all queue for the few pooled database connections until the
+        pool times out, and hammer the server with logins; bounded they come up
+        at the rate the database and the server sustain.  IDLE runs outside it.
+        """
+        opening = True
+        await self.opening.acquire()
         try:
-            await self._watch(connection, folders.watch_spec(imap))
-            return 0.0
-        except (ImapError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
-            log.warning("%s: connection failed: %r", self.account, exc)
-            await set_state(self.db, self.relay, self.account, "disconnected", str(exc) or repr(exc))
-            return self._backoff()
-        except Exception as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            log.exception("%s: sync crashed", self.account)
-            await set_state(self.db, self.relay, self.account, "disconnected", repr(exc))
-            return self._backoff()
+            await set_state(self.db, self.relay, self.account, "connecting")
+            try:
+                connection = await connect(imap, self.settings.imap_timeout)
+            except AuthError as exc:
+                log.warning("%s: login rejected: %s", self.account, exc)
+                await set_state(self.db, self.relay, self.account, "authenticationError", str(exc))
+                return self.settings.imap_auth_retry
+            except ImapError as exc:
+                log.warning("%s: cannot connect: %s", self.account, exc)
+                await set_state(self.db, self.relay, self.account, "connectError", str(exc))
+                return self._backoff()
+            spec = folders.watch_spec(imap)
+            # Logged in: the settings (with the password) are not needed any more, and
+            # would otherwise stay referenced by this frame for the connection's life.
+            imap.clear()
+            try:
+                inbox = await self._open(connection, spec)
+                self.opening.release()
+                opening = False
+                await self._watch(connection, spec, inbox)
+                return 0.0
+            except (ImapError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                log.warning("%s: connection failed: %r", self.account, exc)
+                await set_state(self.db, self.relay, self.account, "disconnected", str(exc) or repr(exc))
+                return self._backoff()
+            except Exception as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                log.exception("%s: sync crashed", self.account)
+                await set_state(self.db, self.relay, self.account, "disconnected", repr(exc))
+                return self._backoff()
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(connection.close())
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(connection.close())
+            if opening:
+                self.opening.release()
 
     def _backoff(self) -> float:
         self.failures += 1
         return backoff_delay(self.failures, self.settings.imap_retry_base, self.settings.imap_retry_max)
 
-    async def _watch(self, connection: Connection, spec: list[str]) -> None:
+    async def _open(self, connection: Connection, spec: list[str]) -> FolderIndex:
+        """Everything up to ``connected``: folders listed, INBOX (and ``spec``) indexed."""
         if "CONDSTORE" in connection.capabilities and "ENABLE" in connection.capabilities:
             # SELECT then reports HIGHESTMODSEQ and FETCH reports MODSEQ.
             await connection.client.enable("CONDSTORE")
@@ -131,6 +187,9 @@ class Watcher:
         # Only now: mail arriving after "connected" is guaranteed to be announced.
         await set_state(self.db, self.relay, self.account, "connected")
         self.failures = 0
+        return inbox
+
+    async def _watch(self, connection: Connection, spec: list[str], inbox: FolderIndex) -> None:
         idle = "IDLE" in connection.capabilities
         next_poll = time.monotonic() + self.settings.imap_folder_poll
         while True:
@@ -149,8 +208,11 @@ class Watcher:
                 left_inbox = await self._poll_folders(connection, spec)
                 next_poll = time.monotonic() + self.settings.imap_folder_poll
             if pushed or left_inbox:
-                # Also re-selects INBOX, which the next IDLE watches.
-                await self._sync(connection, inbox)
+                # Also re-selects INBOX, which the next IDLE watches.  Bounded like the
+                # first sync: mail reaching every account at once must queue here, not
+                # time out waiting for a pooled database connection.
+                async with self.opening:
+                    await self._sync(connection, inbox)
 
     async def _poll_folders(self, connection: Connection, spec: list[str], relist: bool = True) -> bool:
         """Resync every watched folder whose STATUS changed; True if any was selected."""
@@ -205,29 +267,32 @@ class Watcher:
             return False
         client = connection.client
         idle_task = await client.idle_start(timeout=self.settings.imap_idle_restart)
-        push = asyncio.ensure_future(client.wait_server_push(self.settings.imap_idle_restart + 5))
-        lost = asyncio.ensure_future(connection.lost.wait())
+        pushed = False
         try:
-            await asyncio.wait({push, lost}, timeout=until, return_when=asyncio.FIRST_COMPLETED)
-            if lost.done():
-                raise ConnectError("connection lost")
-            pushed: bool = push.done()
-            if pushed:
-                await asyncio.sleep(PUSH_SETTLE)
+            # One plain await on the push queue, no helper tasks: with thousands of
+            # accounts this is where each one spends its life.  A lost connection
+            # posts to the same queue (see ``client.connect``), and aioimaplib posts
+            # a stop marker after ``imap_idle_restart``; the timeout is a backstop.
+            async with asyncio.timeout(self.settings.imap_idle_restart + 5 if until is None else until):
+                while not pushed:
+                    pushed = _is_change(await client.protocol.idle_queue.get()) or connection.lost.is_set()
+        except TimeoutError:
+            pass
         except BaseException:
-            # Shutting down or lost: the connection is closed next, no polite DONE.
+            # Shutting down: the connection is closed next, no polite DONE.
             idle_task.cancel()
             raise
-        finally:
-            push.cancel()
-            lost.cancel()
+        if connection.lost.is_set():
+            idle_task.cancel()
+            raise ConnectError("connection lost")
+        if pushed:
+            await asyncio.sleep(PUSH_SETTLE)
         if client.has_pending_idle():
             client.idle_done()
         await asyncio.wait_for(idle_task, self.settings.imap_timeout)
         # Pushes already queued are covered by the resync that follows.
         while not client.protocol.idle_queue.empty():
-            client.protocol.idle_queue.get_nowait()
-            pushed = True
+            pushed = _is_change(client.protocol.idle_queue.get_nowait()) or pushed
         return pushed
 
     async def _sync(self, connection: Connection, folder: FolderIndex) -> None:
