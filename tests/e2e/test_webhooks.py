@@ -23,6 +23,8 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from mailgate_common import events
+from mailgate_common.bus import Bus
 from mailgate_common.db import Database
 from mailgate_common.settings import load_settings
 from mailgate_webhooks import maintenance
@@ -512,3 +514,49 @@ def test_spent_retries_fail_replay_since_a_time_and_old_rows_are_pruned(
                  f"WHERE endpoint_id = '{endpoint['id']}'")
     _, pruned = _upkeep(stack)
     assert pruned >= 2 and deliveries(api, endpoint["id"]) == []
+
+
+def test_a_burst_through_two_replicas_is_delivered_once_each_and_logged(
+    stack: Stack, api: httpx.Client, account: str, receivers: Callable[..., WebhookReceiver],
+    endpoints: Callable[..., dict[str, Any]],
+) -> None:
+    # More events than one replica has slots for: most are stored unclaimed and
+    # claimed later by either replica; none may be POSTed twice.
+    second = stack.add_worker("webhooks-second", "mailgate-webhooks")
+    second.start()
+    receiver = receivers()
+    try:
+        endpoint = endpoints(receiver.url, events=["messageSent"], accounts=[account])
+        prefix = uuid.uuid4().hex[:8]
+        count = 300
+
+        async def publish() -> None:
+            bus = Bus(stack.amqp_url)
+            await bus.connect()
+            envelope = events.Envelope(from_="a@example.org", to=["b@example.org"])
+            await asyncio.gather(*(
+                bus.publish(events.MessageSent(account=account, queue_id=f"{prefix}-{i}",
+                                               message_id=f"<{prefix}-{i}@test>", response="250 ok",
+                                               envelope=envelope))
+                for i in range(count)))
+            await bus.close()
+
+        asyncio.run(publish())
+
+        def ours() -> list[Hook]:
+            return [h for h in receiver.received("messageSent")
+                    if h.json["data"]["queueId"].startswith(prefix)]
+
+        wait_for(lambda: len(ours()) >= count, timeout=60, message="every event of the burst")
+        time.sleep(1)  # a duplicate would arrive now
+        ids = [h.headers["webhook-id"] for h in ours()]
+        assert len(ids) == len(set(ids)) == count
+        wait_for(lambda: _psql(stack, "SELECT count(*), sum(attempts_made), "
+                                      "(SELECT count(*) FROM webhook_attempts a JOIN webhook_deliveries d "
+                                      f"ON d.id = a.delivery_id WHERE d.endpoint_id = '{endpoint['id']}') "
+                                      "FROM webhook_deliveries WHERE state = 'delivered' "
+                                      f"AND endpoint_id = '{endpoint['id']}'").strip() == f"{count}|{count}|{count}",
+                 timeout=15, message="each delivery logged once, with one attempt row")
+    finally:
+        second.kill()
+        stack.services.pop("webhooks-second", None)

@@ -1,41 +1,52 @@
 """Webhook deliveries: stored before the first attempt, retried from the database.
 
-    event ──store()──► pending ──attempt()──► delivered
+    event ──store()──► pending ──POST──► delivered
                           │  ▲
                           ▼  │ (backoff with jitter, see retry.py)
                         retrying ──(retry window spent)──► failed
 
 A delivery goes either to a webhook endpoint (``endpoint_id``, signed with the
 endpoint's secret) or to the EmailEngine-style settings/account URL
-(``endpoint_id`` NULL, signed with the service secret).  The due-poller picks
-deliveries round-robin across destinations and never more than the
-per-endpoint concurrency for one destination, so a slow endpoint cannot take
-every slot; endpoints marked failing only ever get a single probe.
+(``endpoint_id`` NULL, signed with the service secret).
+
+Throughput comes from doing per *batch* what used to be done per delivery:
+the events waiting on the bus are stored in one transaction, and the
+deliveries that have a free slot (see lanes.py) are claimed by that same
+INSERT, so they are POSTed right after the commit without another round trip
+and no other replica can take them.  The rest stay unclaimed: this replica
+claims them a few at a time as slots free up (``claim_for``), the due-poller
+of any replica picks them up otherwise (``claim_due``), and retries always
+come from the database.  Outcomes are recorded by recorder.py, many per
+transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-import httpx
+import aiohttp
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from prometheus_client import Counter, Histogram
-from sqlalchemy import func, or_, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailgate_common import events, lifecycle, service_settings, urls
 from mailgate_common.crypto import Sealer
 from mailgate_common.db import Database
-from mailgate_common.db.models import Account, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from mailgate_common.db.models import Account, WebhookEndpoint
 from mailgate_common.settings import Settings
 from mailgate_common.telemetry import current_traceparent
 from mailgate_webhooks import retry
+from mailgate_webhooks.lanes import Lanes
 from mailgate_webhooks.payload import render, wants
 from mailgate_webhooks.signing import signed_headers
 
@@ -45,6 +56,9 @@ tracer = trace.get_tracer("mailgate.webhooks")
 WEBHOOK_ATTEMPTS = Counter("mailgate_webhook_attempts_total", "Webhook POSTs", ["result"])
 WEBHOOK_SECONDS = Histogram("mailgate_webhook_seconds", "Webhook POST latency")
 MAX_BODY_EXCERPT = 2048
+USER_AGENT = "mailgate-webhooks/0.1"
+# Trace contexts kept for deliveries stored here but POSTed later (spilled).
+MAX_REMEMBERED_CONTEXTS = 20000
 
 # Destinations that may be attempted now: settings/account URLs always, endpoints
 # only when enabled and not backed off.
@@ -54,18 +68,78 @@ _READY = """
           AND e.failing_since IS NULL AND (e.backoff_until IS NULL OR e.backoff_until <= now())))
 """
 
-CLAIM_ONE_SQL = text(
+# One statement stores a whole batch; ``claim`` marks the rows this replica has a
+# slot for, so they are claimed in the same commit that stores them.  DO NOTHING
+# without a target covers both once-indexes (per URL and per endpoint): an event
+# the bus redelivers is not stored twice.
+STORE_SQL = text(
+    """
+    INSERT INTO webhook_deliveries (event_id, event, account_id, queue_id, url, endpoint_id, payload,
+                                    claim_token, claimed_until)
+    SELECT v.event_id, v.event, v.account_id, v.queue_id, v.url, v.endpoint_id, v.payload,
+           CASE WHEN v.claim THEN CAST(:token AS text) END,
+           CASE WHEN v.claim THEN now() + make_interval(secs => :hold) END
+    FROM unnest(CAST(:event_ids AS text[]), CAST(:names AS text[]), CAST(:accounts AS text[]),
+                CAST(:queue_ids AS text[]), CAST(:urls AS text[]), CAST(:endpoint_ids AS text[]),
+                CAST(:payloads AS bytea[]), CAST(:claims AS boolean[]))
+         AS v(event_id, event, account_id, queue_id, url, endpoint_id, payload, claim)
+    ON CONFLICT DO NOTHING
+    RETURNING id, event_id, coalesce(endpoint_id, url) AS dest, claim_token IS NOT NULL AS claimed,
+              retry_from
+    """
+)
+
+# What a claimed delivery needs for its POST, with its endpoint's *current* URL,
+# secrets and headers (a fixed typo or a rotated secret applies to waiting
+# retries too).
+_JOB_SELECT = """
+    SELECT c.id, c.event_id, c.event, c.payload, c.attempts_made, c.retry_from, c.endpoint_id,
+           coalesce(e.url, c.url) AS url, e.id IS NOT NULL AS endpoint_found, e.secret,
+           CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret,
+           e.headers
+    FROM claimed c LEFT JOIN webhook_endpoints e ON e.id = c.endpoint_id
+    ORDER BY c.id
+"""
+
+_CLAIMED_COLUMNS = "d.id, d.event_id, d.event, d.payload, d.attempts_made, d.retry_from, d.endpoint_id, d.url"
+
+
+def _claim_for_sql(where: str) -> Any:
+    """Claim up to :n due deliveries of one destination (oldest first), with their jobs."""
+    return text(
+        f"""
+        WITH claimed AS (
+            UPDATE webhook_deliveries d SET claim_token = :token,
+                   claimed_until = now() + make_interval(secs => :hold)
+            WHERE d.id IN (
+                SELECT d.id FROM webhook_deliveries d
+                WHERE {where} AND d.state IN ('pending', 'retrying') AND d.next_attempt_at <= now()
+                  AND (d.claimed_until IS NULL OR d.claimed_until < now()) AND {_READY}
+                ORDER BY d.next_attempt_at, d.id
+                LIMIT :n
+                FOR UPDATE SKIP LOCKED)
+            RETURNING {_CLAIMED_COLUMNS}
+        )
+        {_JOB_SELECT}
+        """
+    )
+
+
+CLAIM_FOR_ENDPOINT_SQL = _claim_for_sql("d.endpoint_id = :dest")
+CLAIM_FOR_URL_SQL = _claim_for_sql("d.endpoint_id IS NULL AND d.url = :dest")
+
+LOAD_JOBS_SQL = text(
     f"""
-    UPDATE webhook_deliveries d SET claim_token = :token,
-           claimed_until = now() + make_interval(secs => :hold)
-    WHERE d.id = :id AND d.state IN ('pending', 'retrying') AND d.next_attempt_at <= now()
-      AND (d.claimed_until IS NULL OR d.claimed_until < now()) AND {_READY}
-    RETURNING d.id
+    WITH claimed AS (
+        SELECT {_CLAIMED_COLUMNS} FROM webhook_deliveries d
+        WHERE d.id = ANY(CAST(:ids AS bigint[])) AND d.claim_token = :token
+    )
+    {_JOB_SELECT}
     """
 )
 
 # Round-robin over destinations (ORDER BY rn), each capped at the per-endpoint
-# concurrency minus what is already in flight anywhere (claims are global).
+# concurrency minus what is already claimed anywhere (claims are global).
 CLAIM_DUE_SQL = text(
     f"""
     WITH inflight AS (
@@ -78,7 +152,8 @@ CLAIM_DUE_SQL = text(
                                   ORDER BY d.next_attempt_at, d.id) AS rn
         FROM webhook_deliveries d
         WHERE d.state IN ('pending', 'retrying') AND d.next_attempt_at <= now()
-          -- A fresh row is being tried right now by the replica that stored it.
+          -- A fresh row waits a moment for the replica that stored it (which
+          -- claims it as soon as it has a slot, keeping the event's trace).
           AND (d.state <> 'pending' OR d.created_at < now() - interval '2 seconds')
           AND (d.claimed_until IS NULL OR d.claimed_until < now()) AND {_READY}
     ), picked AS (
@@ -127,118 +202,275 @@ CLAIM_PROBE_SQL = text(
     """
 )
 
+RELEASE_SQL = text(
+    """
+    UPDATE webhook_deliveries SET claim_token = NULL, claimed_until = NULL
+    WHERE id = ANY(CAST(:ids AS bigint[])) AND claim_token = :token
+    """
+)
 
-@dataclass(frozen=True)
-class Claim:
-    delivery_id: int
-    token: str
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Target:
     """Where and how to POST one delivery."""
 
-    key: str  # concurrency key: endpoint id, or the URL
-    # The endpoint's current URL: a fixed typo applies to waiting retries too.
     url: str
     secret: str
     previous_secret: str | None
     headers: dict[str, str]
 
 
-def matching_endpoints(name: str, account: str | None) -> Any:
-    """Enabled endpoints subscribed to this event name and account."""
-    account_ok = or_(
-        WebhookEndpoint.accounts.is_(None),
-        func.cardinality(WebhookEndpoint.accounts) == 0,
-        WebhookEndpoint.accounts.contains([account or ""]),
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed delivery, ready to POST."""
+
+    delivery_id: int
+    token: str
+    dest: str  # concurrency key: endpoint id, or the URL
+    endpoint_id: str | None
+    event_id: str
+    event: str
+    payload: bytes
+    attempts_made: int
+    retry_from: datetime
+    target: Target
+    claimed_at: float  # time.monotonic() when the claim was taken
+    context: otel_context.Context | None  # the event's trace, when known
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One attempt's result: the delivery's new state and its attempt row."""
+
+    job: Job
+    state: str
+    attempt: int
+    status: int | None
+    error: str | None
+    excerpt: str | None
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    duration_ms: int
+    started_at: datetime
+
+    @property
+    def ok(self) -> bool:
+        return self.state == lifecycle.WEBHOOK_DELIVERED
+
+
+def endpoint_matches(endpoint: WebhookEndpoint, name: str, account: str | None) -> bool:
+    """Is this (enabled) endpoint subscribed to this event name and account?"""
+    account_key = account or ""
+    return (
+        (endpoint.account_id is None or endpoint.account_id == account_key)
+        and ("*" in endpoint.events or name in endpoint.events)
+        and (not endpoint.accounts or account_key in endpoint.accounts)
     )
-    return select(WebhookEndpoint).where(
-        WebhookEndpoint.enabled.is_(True),
-        or_(WebhookEndpoint.account_id.is_(None), WebhookEndpoint.account_id == (account or "")),
-        WebhookEndpoint.events.overlap(["*", name]),
-        account_ok,
-    )
+
+
+@dataclass(slots=True)
+class _Planned:
+    event_index: int
+    event: events.Event
+    name: str
+    url: str
+    endpoint_id: str | None
+    payload: bytes
+    target: Target | None  # None: not attempted now (no slot, or endpoint backed off)
+    ready: bool  # the destination takes attempts now (else it waits for a probe)
+
+    @property
+    def dest(self) -> str:
+        return self.endpoint_id or self.url
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, db: Database) -> None:
+    def __init__(self, settings: Settings, db: Database, lanes: Lanes) -> None:
         self.settings = settings
         self.db = db
+        self.lanes = lanes
         self.sealer = Sealer.from_settings(settings.secret, settings.secret_previous)
-        self.http = httpx.AsyncClient(
-            timeout=settings.webhook_timeout,
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=settings.webhook_concurrency * 2),
-            headers={"user-agent": "mailgate-webhooks/0.1"},
-        )
-        self._per_endpoint: dict[str, asyncio.Semaphore] = {}
+        # Created on the running loop at first use (aiohttp binds a session to its loop).
+        self._http: aiohttp.ClientSession | None = None
+        self._opened: dict[bytes, str] = {}
+        self._contexts: dict[int, otel_context.Context] = {}
 
     @property
     def hold(self) -> float:
         # Longer than one attempt can take (POST is capped at webhook_timeout).
         return self.settings.webhook_timeout + 5
 
-    async def store(self, event: events.Event) -> list[int]:
-        """Record one delivery per matching destination; returns the new ones' ids."""
-        name = event.webhook_name()
-        if name is None:
-            return []
-        async with self.db.transaction() as session:
-            config = await service_settings.read(
-                session, ["webhooks", "webhooksEnabled", "webhookEvents", "serviceUrl"]
-            )
-            urls_: list[str] = []
-            if config["webhooks"] and config["webhooksEnabled"] and wants(config["webhookEvents"], name):
-                urls_.append(config["webhooks"])
-            if event.account:
-                account_url = await session.scalar(
-                    select(Account.webhooks).where(Account.id == event.account)
-                )
-                if account_url and account_url not in urls_:
-                    urls_.append(account_url)
-            endpoints = list(await session.scalars(matching_endpoints(name, event.account)))
-            if not urls_ and not endpoints:
-                return []
-            body = render(event, name, config["serviceUrl"] or self.settings.service_url)
-            common = {
-                "event_id": event.id,
-                "event": name,
-                "account_id": event.account,
-                "queue_id": getattr(event, "queue_id", None),
-                "payload": body,
+    def usable(self, job: Job) -> bool:
+        """Is the job's claim still good for a whole attempt?"""
+        return time.monotonic() - job.claimed_at < self.hold - self.settings.webhook_timeout - 1
+
+    def _open(self, sealed: bytes) -> str:
+        # Opening (AES-GCM + JSON) once per sealed value, not once per POST.
+        secret = self._opened.get(sealed)
+        if secret is None:
+            if len(self._opened) > 1000:
+                self._opened.clear()
+            secret = self._opened[sealed] = str(self.sealer.open(sealed)["secret"])
+        return secret
+
+    def _endpoint_target(self, endpoint: WebhookEndpoint) -> Target:
+        previous = None
+        expires = endpoint.previous_secret_expires_at
+        if endpoint.previous_secret is not None and expires is not None and expires > events.utcnow():
+            previous = self._open(endpoint.previous_secret)
+        return Target(
+            endpoint.url,
+            self._open(endpoint.secret),
+            previous,
+            {str(k): str(v) for k, v in (endpoint.headers or {}).items()},
+        )
+
+    # -- storing ---------------------------------------------------------------
+
+    async def store(self, batch: Sequence[tuple[events.Event, otel_context.Context | None]]) -> list[list[Job]]:
+        """Record one delivery per event and matching destination, in one transaction.
+
+        Returns, per event, the deliveries claimed for an immediate POST: their
+        slots are already taken.  Those without a slot are stored unclaimed and
+        their destination marked spilled.
+        """
+        named = [(i, event, event.webhook_name()) for i, (event, _) in enumerate(batch)]
+        wanted = [(i, event, name) for i, event, name in named if name is not None]
+        result: list[list[Job]] = [[] for _ in batch]
+        if not wanted:
+            return result
+        taken: list[str] = []
+        try:
+            async with self.db.transaction() as session:
+                plans = await self._plan(session, wanted, taken)
+                if not plans:
+                    return result
+                token = secrets.token_hex(8)
+                rows = (await session.execute(STORE_SQL, {
+                    "token": token,
+                    "hold": self.hold,
+                    "event_ids": [p.event.id for p in plans],
+                    "names": [p.name for p in plans],
+                    "accounts": [p.event.account for p in plans],
+                    "queue_ids": [getattr(p.event, "queue_id", None) for p in plans],
+                    "urls": [p.url for p in plans],
+                    "endpoint_ids": [p.endpoint_id for p in plans],
+                    "payloads": [p.payload for p in plans],
+                    "claims": [p.target is not None for p in plans],
+                })).all()
+        except BaseException:
+            for dest in taken:
+                self.lanes.give_back(dest)
+            raise
+        claimed_at = time.monotonic()
+        stored = {(row.event_id, row.dest): row for row in rows}
+        for plan in plans:
+            # pop: the same event twice in one batch (a redelivery) is one row, one POST.
+            row = stored.pop((plan.event.id, plan.dest), None)
+            context = batch[plan.event_index][1]
+            if row is None:  # stored before (the bus redelivered the event)
+                if plan.target is not None:
+                    self.lanes.give_back(plan.dest)
+                continue
+            if plan.target is None:
+                if plan.ready:
+                    self.lanes.spill(plan.dest)
+                    self._remember(row.id, context)
+                continue
+            result[plan.event_index].append(Job(
+                row.id, token, plan.dest, plan.endpoint_id, plan.event.id, plan.name, plan.payload, 0,
+                row.retry_from, plan.target, claimed_at, context,
+            ))
+        return result
+
+    async def _plan(
+        self, session: AsyncSession, wanted: list[tuple[int, events.Event, str]], taken: list[str]
+    ) -> list[_Planned]:
+        """Which deliveries to store, and which of them get a slot now (appended to ``taken``)."""
+        config = await service_settings.read(
+            session, ["webhooks", "webhooksEnabled", "webhookEvents", "serviceUrl", "serviceSecret"]
+        )
+        accounts = {event.account for _, event, _ in wanted if event.account}
+        account_urls: dict[str, str] = {}
+        if accounts:
+            account_urls = {
+                a: u for a, u in (await session.execute(
+                    select(Account.id, Account.webhooks).where(Account.id.in_(accounts), Account.webhooks.isnot(None))
+                )).tuples() if u
             }
-            ids: list[int] = []
-            for url in urls_:
-                ids += await session.scalars(
-                    insert(WebhookDelivery)
-                    .values(url=url, **common)
-                    .on_conflict_do_nothing(
-                        index_elements=["event_id", "url"], index_where=text("endpoint_id IS NULL")
-                    )
-                    .returning(WebhookDelivery.id)
-                )
-            for endpoint in endpoints:
-                ids += await session.scalars(
-                    insert(WebhookDelivery)
-                    .values(url=endpoint.url, endpoint_id=endpoint.id, **common)
-                    .on_conflict_do_nothing(
-                        index_elements=["event_id", "endpoint_id"],
-                        index_where=text("endpoint_id IS NOT NULL"),
-                    )
-                    .returning(WebhookDelivery.id)
-                )
-        return ids
-
-    async def claim(self, delivery_id: int) -> Claim | None:
-        token = secrets.token_hex(8)
-        async with self.db.transaction(durable=False) as session:
-            claimed = await session.scalar(
-                CLAIM_ONE_SQL, {"token": token, "hold": self.hold, "id": delivery_id}
+        names = {name for _, _, name in wanted}
+        is_ready = and_(
+            WebhookEndpoint.failing_since.is_(None),
+            or_(WebhookEndpoint.backoff_until.is_(None), WebhookEndpoint.backoff_until <= func.now()),
+        )
+        # A superset (enabled, any of these names, these accounts); endpoint_matches decides.
+        candidates = list((await session.execute(
+            select(WebhookEndpoint, is_ready.label("ready")).where(
+                WebhookEndpoint.enabled.is_(True),
+                WebhookEndpoint.events.overlap(["*", *names]),
+                or_(WebhookEndpoint.account_id.is_(None),
+                    WebhookEndpoint.account_id.in_([a or "" for a in {e.account for _, e, _ in wanted}])),
             )
-        return Claim(delivery_id, token) if claimed else None
+        )).tuples())
+        ready_endpoints = {endpoint.id for endpoint, ready_now in candidates if ready_now}
+        endpoint_targets: dict[str, Target] = {}
+        service_secret: str | None = config["serviceSecret"]
+        service_url = config["serviceUrl"] or self.settings.service_url
+        global_on = bool(config["webhooks"] and config["webhooksEnabled"])
+        plans: list[_Planned] = []
+        for index, event, name in wanted:
+            urls_: list[str] = []
+            if global_on and wants(config["webhookEvents"], name):
+                urls_.append(config["webhooks"])
+            account_url = account_urls.get(event.account or "")
+            if account_url and account_url not in urls_:
+                urls_.append(account_url)
+            endpoints = [e for e, _ in candidates if endpoint_matches(e, name, event.account)]
+            if not urls_ and not endpoints:
+                continue
+            body = render(event, name, service_url)
+            for url in urls_:
+                target = None
+                if self.lanes.room(url) > 0:
+                    if service_secret is None:
+                        service_secret = await service_settings.service_secret(session)
+                    target = Target(url, service_secret, None, {})
+                    self.lanes.take(url)
+                    taken.append(url)
+                plans.append(_Planned(index, event, name, url, None, body, target, True))
+            for endpoint in endpoints:
+                target = None
+                ready = endpoint.id in ready_endpoints
+                if ready and self.lanes.room(endpoint.id) > 0:
+                    target = endpoint_targets.get(endpoint.id)
+                    if target is None:
+                        target = endpoint_targets[endpoint.id] = self._endpoint_target(endpoint)
+                    self.lanes.take(endpoint.id)
+                    taken.append(endpoint.id)
+                plans.append(_Planned(index, event, name, endpoint.url, endpoint.id, body, target, ready))
+        return plans
 
-    async def claim_due(self, limit: int) -> list[Claim]:
+    def _remember(self, delivery_id: int, context: otel_context.Context | None) -> None:
+        if context is None:
+            return
+        if len(self._contexts) >= MAX_REMEMBERED_CONTEXTS:
+            # Oldest first (dicts keep insertion order); another replica may have sent them.
+            for stale in list(self._contexts)[: MAX_REMEMBERED_CONTEXTS // 10]:
+                del self._contexts[stale]
+        self._contexts[delivery_id] = context
+
+    # -- claiming --------------------------------------------------------------
+
+    async def claim_for(self, dest: str, n: int) -> list[Job]:
+        """Claim up to ``n`` due deliveries of one destination (its slots are already taken)."""
+        token = secrets.token_hex(8)
+        sql = CLAIM_FOR_URL_SQL if dest.startswith(("http://", "https://")) else CLAIM_FOR_ENDPOINT_SQL
+        async with self.db.transaction(durable=False) as session:
+            rows = (await session.execute(sql, {"token": token, "hold": self.hold, "dest": dest, "n": n})).all()
+            return await self._jobs(session, rows, token)
+
+    async def claim_due(self, limit: int) -> list[Job]:
+        """Retries and probes that are due, round-robin across destinations."""
         token = secrets.token_hex(8)
         async with self.db.transaction(durable=False) as session:
             claimed: list[int] = []
@@ -268,58 +500,54 @@ class Dispatcher:
                         "per_endpoint": self.settings.webhook_endpoint_concurrency,
                     },
                 )).scalars()
-            return [Claim(i, token) for i in claimed]
+            if not claimed:
+                return []
+            rows = (await session.execute(LOAD_JOBS_SQL, {"ids": claimed, "token": token})).all()
+            return await self._jobs(session, rows, token)
 
-    async def _target(self, session: AsyncSession, row: WebhookDelivery) -> Target | None:
-        if row.endpoint_id is None:
-            return Target(row.url, row.url, await service_settings.service_secret(session), None, {})
-        endpoint = await session.get(WebhookEndpoint, row.endpoint_id)
-        if endpoint is None:
-            return None
-        previous = None
-        expires = endpoint.previous_secret_expires_at
-        if endpoint.previous_secret is not None and expires is not None and expires > events.utcnow():
-            previous = self.sealer.open(endpoint.previous_secret)["secret"]
-        return Target(
-            endpoint.id,
-            endpoint.url,
-            self.sealer.open(endpoint.secret)["secret"],
-            previous,
-            {str(k): str(v) for k, v in (endpoint.headers or {}).items()},
-        )
+    async def _jobs(self, session: AsyncSession, rows: Sequence[Any], token: str) -> list[Job]:
+        claimed_at = time.monotonic()
+        service_secret: str | None = None
+        jobs: list[Job] = []
+        for row in rows:
+            if row.endpoint_id is None:
+                if service_secret is None:
+                    service_secret = await service_settings.service_secret(session)
+                target = Target(row.url, service_secret, None, {})
+            elif not row.endpoint_found:
+                continue  # deleted meanwhile (its deliveries go with it)
+            else:
+                headers = row.headers if not isinstance(row.headers, str) else json.loads(row.headers)
+                target = Target(
+                    row.url,
+                    self._open(row.secret),
+                    self._open(row.previous_secret) if row.previous_secret is not None else None,
+                    {str(k): str(v) for k, v in (headers or {}).items()},
+                )
+            jobs.append(Job(
+                row.id, token, row.endpoint_id or row.url, row.endpoint_id, row.event_id, row.event,
+                bytes(row.payload), row.attempts_made, row.retry_from, target, claimed_at,
+                self._contexts.pop(row.id, None),
+            ))
+        return jobs
 
-    async def attempt(self, claim: Claim) -> None:
-        async with self.db.transaction() as session:
-            row = await session.get(WebhookDelivery, claim.delivery_id)
-            if row is None or row.claim_token != claim.token:
-                return
-            target = await self._target(session, row)
-        if target is None:
-            return
-        limit = self._per_endpoint.setdefault(
-            target.key, asyncio.Semaphore(self.settings.webhook_endpoint_concurrency)
-        )
-        if limit.locked():
-            # The endpoint is busy: waiting here could outlast the claim and let
-            # another replica POST the same delivery; the poller paces it instead.
-            await self.release(claim)
-            return
-        async with limit:
-            await self._post(claim, row, target)
+    async def release(self, jobs: Sequence[Job]) -> None:
+        """Hand claimed deliveries back unattempted (to whoever polls next)."""
+        by_token: dict[str, list[int]] = {}
+        for job in jobs:
+            by_token.setdefault(job.token, []).append(job.delivery_id)
+        async with self.db.transaction(durable=False) as session:
+            for token, ids in by_token.items():
+                await session.execute(RELEASE_SQL, {"ids": ids, "token": token})
 
-    async def release(self, claim: Claim) -> None:
-        async with self.db.transaction() as session:
-            await session.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id == claim.delivery_id, WebhookDelivery.claim_token == claim.token)
-                .values(claim_token=None, claimed_until=None)
-            )
+    # -- attempting ------------------------------------------------------------
 
-    async def _send(self, row: WebhookDelivery, target: Target) -> tuple[int | None, str | None, str | None]:
+    async def _send(self, job: Job) -> tuple[int | None, str | None, str | None]:
         """POST once: (status, error, response excerpt)."""
+        target = job.target
         headers = {
             **target.headers,
-            **signed_headers(target.secret, row.event_id, int(time.time()), row.payload,
+            **signed_headers(target.secret, job.event_id, int(time.time()), job.payload,
                              target.previous_secret),
         }
         traceparent = current_traceparent()
@@ -330,26 +558,50 @@ class Dispatcher:
             # DNS may have changed since the URL was accepted.
             await urls.check_url(target.url, self.settings.webhooks_allow_private)
             async with asyncio.timeout(self.settings.webhook_timeout):
-                async with self.http.stream("POST", target.url, content=row.payload, headers=headers) as resp:
-                    return resp.status_code, None, await _read_bounded(resp)
+                async with self.http.post(target.url, data=job.payload, headers=headers,
+                                          allow_redirects=False) as resp:
+                    # Bounded: a subscriber cannot make us buffer a huge body.
+                    excerpt = await resp.content.read(MAX_BODY_EXCERPT)
+                    return resp.status, None, excerpt.decode("utf-8", "replace")
         except urls.UnsafeUrl as exc:
             return None, f"refused: {exc}", None
         except TimeoutError:
             return None, f"timeout after {self.settings.webhook_timeout:g}s", None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientConnectorError as exc:
+            # Worded as our earlier client did: operators (and tests) know "ConnectError".
+            return None, f"ConnectError: {exc}", None
+        except (OSError, aiohttp.ClientError) as exc:
             return None, f"{type(exc).__name__}: {exc}", None
 
-    async def _post(self, claim: Claim, row: WebhookDelivery, target: Target) -> None:
-        attempt = row.attempts_made + 1
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                # Keep-alive connections, one per slot of a destination, reused between POSTs.
+                connector=aiohttp.TCPConnector(
+                    limit=self.settings.webhook_concurrency * 2,
+                    limit_per_host=self.settings.webhook_endpoint_concurrency * 2,
+                ),
+                headers={"user-agent": USER_AGENT},
+                # Honour HTTP(S)_PROXY / NO_PROXY as operators expect.
+                trust_env=True,
+                auto_decompress=False,
+            )
+        return self._http
+
+    async def post(self, job: Job) -> Outcome:
+        """One attempt; the outcome is for the recorder to store."""
+        attempt = job.attempts_made + 1
         started = events.utcnow()
         t0 = time.perf_counter()
         with tracer.start_as_current_span(
             "webhook POST",
+            context=job.context,
             kind=trace.SpanKind.CLIENT,
-            attributes={"mailgate.event_id": row.event_id, "mailgate.event": row.event,
+            attributes={"mailgate.event_id": job.event_id, "mailgate.event": job.event,
                         "mailgate.attempt": attempt},
         ) as span:
-            status, error, excerpt = await self._send(row, target)
+            status, error, excerpt = await self._send(job)
             span.set_attribute("http.response.status_code", status or 0)
         duration = time.perf_counter() - t0
         WEBHOOK_SECONDS.observe(duration)
@@ -357,106 +609,22 @@ class Dispatcher:
         if not ok and error is None:
             error = f"HTTP {status}"
         WEBHOOK_ATTEMPTS.labels("ok" if ok else "error").inc()
-        values: dict[str, object] = {
-            "url": target.url,
-            "attempts_made": attempt,
-            "last_status": status,
-            "last_error": error,
-            "claim_token": None,
-            "claimed_until": None,
-        }
         now = events.utcnow()
+        due = None
         if ok:
-            values.update(state=lifecycle.WEBHOOK_DELIVERED, delivered_at=now)
+            state = lifecycle.WEBHOOK_DELIVERED
         else:
             s = self.settings
             due = retry.next_attempt_at(
-                attempt, row.retry_from, now, s.webhook_retry_base, s.webhook_retry_max, s.webhook_retry_window
+                attempt, job.retry_from, now, s.webhook_retry_base, s.webhook_retry_max, s.webhook_retry_window
             )
-            if due is None:
-                values.update(state=lifecycle.WEBHOOK_FAILED)
-            else:
-                values.update(state=lifecycle.WEBHOOK_RETRYING, next_attempt_at=due)
-        async with self.db.transaction(durable=False) as session:
-            updated = await session.scalar(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id == row.id, WebhookDelivery.claim_token == claim.token)
-                .values(**values)
-                .returning(WebhookDelivery.id)
-            )
-            if updated is None:
-                return
-            session.add(
-                WebhookAttempt(
-                    delivery_id=row.id,
-                    attempt=attempt,
-                    status_code=status,
-                    error=error,
-                    response_excerpt=excerpt,
-                    duration_ms=int(duration * 1000),
-                    started_at=started,
-                )
-            )
-            if row.endpoint_id is not None:
-                await self._record_health(session, row.endpoint_id, ok)
-        log.info("webhook %s %s -> %s", row.event, target.url, status or error)
-
-    async def _record_health(self, session: AsyncSession, endpoint_id: str, ok: bool) -> None:
-        endpoint = await session.get(WebhookEndpoint, endpoint_id, with_for_update=True)
-        if endpoint is None:
-            return
-        if ok:
-            if endpoint.consecutive_failures == 0 and endpoint.failing_since is None:
-                return
-            if endpoint.failing_since is not None:
-                log.info("webhook endpoint %s recovered", endpoint_id)
-            endpoint.consecutive_failures = 0
-            endpoint.first_failure_at = endpoint.failing_since = endpoint.backoff_until = None
-            # The endpoint is back: release its waiting retries now rather than at
-            # their backed-off times; the due-poller's per-endpoint cap paces them.
-            await session.execute(
-                update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.endpoint_id == endpoint_id,
-                    WebhookDelivery.state == lifecycle.WEBHOOK_RETRYING,
-                    WebhookDelivery.next_attempt_at > func.now(),
-                )
-                .values(next_attempt_at=func.now())
-            )
-            return
-        s = self.settings
-        health = retry.after_failure(
-            retry.EndpointHealth(
-                endpoint.consecutive_failures,
-                endpoint.first_failure_at,
-                endpoint.failing_since,
-                endpoint.backoff_until,
-            ),
-            events.utcnow(),
-            s.webhook_failing_threshold,
-            s.webhook_failing_after,
-            s.webhook_retry_base,
-            s.webhook_retry_max,
-        )
-        if health.failing_since is not None and endpoint.failing_since is None:
-            log.warning("webhook endpoint %s is failing; backing off until %s", endpoint_id,
-                        events.iso(health.backoff_until))
-        endpoint.consecutive_failures = health.consecutive_failures
-        endpoint.first_failure_at = health.first_failure_at
-        endpoint.failing_since = health.failing_since
-        endpoint.backoff_until = health.backoff_until
+            state = lifecycle.WEBHOOK_FAILED if due is None else lifecycle.WEBHOOK_RETRYING
+        # Failures at INFO; one line per success would cost more than the POST's bookkeeping.
+        log.log(logging.DEBUG if ok else logging.INFO, "webhook %s %s -> %s", job.event, job.target.url,
+                status or error)
+        return Outcome(job, state, attempt, status, error, excerpt, due, now if ok else None,
+                       int(duration * 1000), started)
 
     async def close(self) -> None:
-        await self.http.aclose()
-
-
-async def _read_bounded(resp: httpx.Response) -> str:
-    """Read at most MAX_BODY_EXCERPT bytes: a subscriber cannot make us buffer a huge body."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.aiter_raw():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= MAX_BODY_EXCERPT:
-            break
-    return b"".join(chunks)[:MAX_BODY_EXCERPT].decode("utf-8", "replace")
+        if self._http is not None:
+            await self._http.close()
