@@ -78,6 +78,7 @@ class Bus:
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self._exchange: AbstractExchange | None = None
+        self._hint_exchange: AbstractExchange | None = None
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
@@ -91,13 +92,23 @@ class Bus:
         self._connection = await aio_pika.connect_robust(self._url)
         self._publish_channel = await self._connection.channel(publisher_confirms=True)
         self._exchange = await topology.declare(self._publish_channel)
+        # Wake-up hints go out without publisher confirms: losing one costs a
+        # poll interval, while waiting for a quorum queue's confirm would add its
+        # disk write to every submit's answer.
+        hint_channel = await self._connection.channel(publisher_confirms=False)
+        self._hint_exchange = await hint_channel.declare_exchange(
+            topology.EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
 
     @property
     def connected(self) -> bool:
         return self._connection is not None and not self._connection.is_closed
 
-    async def publish(self, event: events.Event) -> None:
-        assert self._exchange is not None, "Bus.connect() first"
+    async def publish(self, event: events.Event, *, confirm: bool = True) -> None:
+        """Publish ``event``; with ``confirm`` (the default) return once the broker
+        has it safely; without, once it is written to the connection."""
+        exchange = self._exchange if confirm else self._hint_exchange
+        assert exchange is not None, "Bus.connect() first"
         traceparent = event.traceparent or current_traceparent()
         headers: dict[str, aio_pika.abc.FieldValue] = {}
         if traceparent:
@@ -110,7 +121,7 @@ class Bus:
             type=event.routing_key,
             headers=headers,
         )
-        await self._exchange.publish(message, routing_key=event.routing_key)
+        await exchange.publish(message, routing_key=event.routing_key)
         EVENTS_PUBLISHED.labels(event.routing_key).inc()
 
     async def consume(

@@ -45,7 +45,7 @@ class EventRelay:
         """Publish an event the database can do without (the row it describes is
         found again by polling), so losing it costs latency, never data."""
         try:
-            await self._bus.publish(event)
+            await self._bus.publish(event, confirm=False)
         except Exception as exc:
             log.warning("could not publish %s (pollers will find the work): %r", event.routing_key, exc)
 
