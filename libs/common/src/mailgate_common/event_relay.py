@@ -40,6 +40,7 @@ class EventRelay:
         # Published events whose rows are deleted in batches: one statement per
         # tick instead of one transaction per event.
         self._published: set[str] = set()
+        self._in_flight: set[str] = set()
 
     async def publish_hint(self, event: events.Event) -> None:
         """Publish an event the database can do without (the row it describes is
@@ -50,16 +51,21 @@ class EventRelay:
             log.warning("could not publish %s (pollers will find the work): %r", event.routing_key, exc)
 
     async def publish_committed(self, committed: Sequence[events.Event]) -> None:
-        """Publish events whose transaction committed; leftovers go to the relay loop."""
+        """Publish events whose transaction committed, all confirms in flight at once;
+        whatever fails is left to the relay loop."""
         if not committed:
             return
+        ids = [e.id for e in committed]
+        # In flight: the relay loop must not publish these a second time meanwhile.
+        self._in_flight.update(ids)
         try:
-            for event in committed:
-                await self._bus.publish(event)
-        except Exception as exc:
-            log.warning("publish failed, relay will retry: %r", exc)
-            return
-        self._published.update(e.id for e in committed)
+            results = await asyncio.gather(*(self._bus.publish(e) for e in committed), return_exceptions=True)
+        finally:
+            self._in_flight.difference_update(ids)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            log.warning("publish failed for %d events, relay will retry: %r", len(failed), failed[0])
+        self._published.update(i for i, r in zip(ids, results, strict=True) if not isinstance(r, BaseException))
 
     async def forget_published(self) -> None:
         """Delete the rows of events already published; a crash before this only
@@ -78,9 +84,10 @@ class EventRelay:
     async def relay_once(self, batch: int = 200) -> int:
         """Publish events left behind by a crash or an outage; returns how many."""
         stale = [PendingEvent.created_at < events.utcnow() - timedelta(seconds=self._stale_after)]
-        if self._published:
-            # Published moments ago by us, only not yet forgotten.
-            stale.append(PendingEvent.id.not_in(list(self._published)))
+        mine = self._published | self._in_flight
+        if mine:
+            # Being published, or published moments ago and not yet forgotten, by us.
+            stale.append(PendingEvent.id.not_in(list(mine)))
         async with self._db.transaction() as session:
             rows = (
                 await session.scalars(

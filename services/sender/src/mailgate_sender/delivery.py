@@ -1,10 +1,11 @@
-"""One delivery attempt of one outbox message, from claim to recorded outcome.
+"""One delivery attempt of one claimed outbox message, from claim to recorded outcome.
 
-    claim (guarded: queued|deferred -> sending)
-      -> load account + decrypt SMTP credentials
-      -> SMTP transaction
-      -> one transaction: attempt row + guarded state change + staged events
-      -> publish the events
+    claim (claims.py: many at once, queued|deferred -> sending)
+      -> the account's SMTP settings (cached, credentials decrypted once)
+      -> per-account limits (may hand the message back: no attempt spent)
+      -> SMTP transaction on a pooled connection
+      -> outcome written with other messages' in one durable commit (recorder.py)
+      -> events published once that commit is done
 
 A message is only ever finished by the sender still holding its claim, and
 ``sent`` is final, so redelivered events and racing replicas never send twice.
@@ -15,25 +16,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from opentelemetry import trace
 from prometheus_client import Counter, Histogram
-from sqlalchemy import insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import update
 
 from mailgate_common import events, lifecycle
 from mailgate_common.backoff import backoff_delay
 from mailgate_common.crypto import CredentialError, Sealer, with_secret
 from mailgate_common.db import Database
 from mailgate_common.db.models import Account, DeliveryAttempt, OutboxMessage
-from mailgate_common.event_relay import EventRelay, stage
 from mailgate_common.settings import Settings
+from mailgate_common.telemetry import context_from_traceparent, current_traceparent
+from mailgate_sender.claims import Claim
 from mailgate_sender.limits import Limits, acquire, effective_limits, is_slow_down, throttle_delay
 from mailgate_sender.outcome import Outcome
+from mailgate_sender.recorder import Record, Recorder
 from mailgate_sender.smtp_client import SmtpPool, SmtpServer
 
 log = logging.getLogger(__name__)
@@ -47,152 +50,230 @@ QUEUE_LAG = Histogram(
     "Delay between a message being due and its attempt starting",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
-
-CLAIM_DUE_SQL = text(
-    """
-    UPDATE outbox SET state = 'sending', claim_token = :token,
-           claimed_until = now() + make_interval(secs => :hold), updated_at = now()
-    WHERE id IN (
-        SELECT id FROM outbox
-        WHERE (state IN ('queued', 'deferred') AND next_attempt_at <= now())
-          AND NOT EXISTS (SELECT 1 FROM accounts a
-                          WHERE a.id = outbox.account_id AND a.throttled_until > now())
-        ORDER BY next_attempt_at
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED)
-    RETURNING outbox.*
-    """
-)
-RECLAIM_SQL = text(
-    """
-    UPDATE outbox SET claim_token = :token,
-           claimed_until = now() + make_interval(secs => :hold), updated_at = now()
-    WHERE id IN (
-        SELECT id FROM outbox
-        WHERE state = 'sending' AND claimed_until < now()
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED)
-    RETURNING outbox.*
-    """
-)
 ACCOUNT_TTL = 5.0  # seconds an account's SMTP settings are reused before re-reading
+# A span per message costs more CPU than the rest of its bookkeeping: only built
+# when someone collects them (the operator configured an OTLP endpoint).  Without
+# spans the submit's trace context still travels on to the events.
+TRACING = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
 
-@dataclass(frozen=True)
-class Claim:
-    queue_id: str
-    token: str
-    row: OutboxMessage
+@dataclass(frozen=True, slots=True)
+class Sending:
+    """What delivering for one account needs, decrypted and parsed once per ``ACCOUNT_TTL``."""
+
+    account_id: str
+    server: SmtpServer | None
+    problem: Outcome | None  # why this account cannot send (no or broken SMTP settings)
+    limits: Limits
+    copy: bool | None
+    imap: bool
+    throttle_level: int
 
 
 class Deliverer:
-    def __init__(self, settings: Settings, db: Database, relay: EventRelay) -> None:
+    def __init__(self, settings: Settings, db: Database, recorder: Recorder) -> None:
         self.settings = settings
         self.db = db
-        self.relay = relay
+        self.recorder = recorder
         self.pool = SmtpPool(settings.smtp_timeout, settings.sender_concurrency, settings.smtp_helo_name)
         self.sealer = Sealer.from_settings(settings.secret, settings.secret_previous)
-        self._accounts: dict[str, tuple[float, Account | None]] = {}
+        self._accounts: dict[str, tuple[float, Sending | None]] = {}
+        self._loading: dict[str, asyncio.Future[Sending | None]] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
 
-    # --- claiming ---------------------------------------------------------
+    # --- accounts ---------------------------------------------------------
 
-    async def claim(self, queue_id: str) -> Claim | None:
-        """Claim one message if it is due and nobody holds it."""
-        token = secrets.token_hex(8)
-        async with self.db.transaction(durable=False) as session:
-            result = await session.execute(
-                update(OutboxMessage)
-                .where(
-                    OutboxMessage.id == queue_id,
-                    OutboxMessage.state.in_(lifecycle.CLAIM.from_states),
-                    OutboxMessage.next_attempt_at <= events.utcnow(),
-                )
-                .values(
-                    state=lifecycle.CLAIM.to_state,
-                    claim_token=token,
-                    claimed_until=events.utcnow() + timedelta(seconds=self.settings.sender_claim_timeout),
-                )
-                .returning(OutboxMessage)
-            )
-            row = result.scalar_one_or_none()
-        return Claim(queue_id, token, row) if row is not None else None
-
-    async def claim_due(self, limit: int) -> list[Claim]:
-        """Claim due messages, and take over ones whose claimant stopped renewing."""
-        token = secrets.token_hex(8)
-        params = {"token": token, "hold": self.settings.sender_claim_timeout, "limit": limit}
-        columns = CLAIM_DUE_SQL.columns(*OutboxMessage.__table__.c)
-        async with self.db.transaction(durable=False) as session:
-            rows = list(await session.scalars(select(OutboxMessage).from_statement(columns), params))
-            if len(rows) < limit:
-                params["limit"] = limit - len(rows)
-                reclaim = RECLAIM_SQL.columns(*OutboxMessage.__table__.c)
-                rows += list(await session.scalars(select(OutboxMessage).from_statement(reclaim), params))
-        return [Claim(row.id, token, row) for row in rows]
-
-    async def _account(self, account_id: str) -> Account | None:
-        now = time.monotonic()
+    async def _sending(self, account_id: str) -> Sending | None:
         cached = self._accounts.get(account_id)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        async with self.db.sessions() as session:
-            account = await session.get(Account, account_id)
-        self._accounts[account_id] = (now + ACCOUNT_TTL, account)
-        return account
+        loading = self._loading.get(account_id)
+        if loading is not None:  # a batch of one account's messages reads it once
+            return await asyncio.shield(loading)
+        future: asyncio.Future[Sending | None] = asyncio.get_running_loop().create_future()
+        self._loading[account_id] = future
+        try:
+            async with self.db.sessions() as session:
+                account = await session.get(Account, account_id)
+            sending = self._parse(account) if account is not None else None
+            self._accounts[account_id] = (time.monotonic() + ACCOUNT_TTL, sending)
+            future.set_result(sending)
+            return sending
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters, if any, get it from their await
+            raise
+        finally:
+            del self._loading[account_id]
+
+    def _parse(self, account: Account) -> Sending:
+        server: SmtpServer | None = None
+        problem: Outcome | None = None
+        if not account.smtp:
+            problem = Outcome("permanent", "Account has no SMTP settings", error_code="ESETTINGS")
+        else:
+            try:
+                secret = self.sealer.open(account.credentials).get("smtp") if account.credentials else None
+                server = SmtpServer.from_account(with_secret(account.smtp, secret))
+            except (CredentialError, KeyError, ValueError) as exc:
+                problem = Outcome("permanent", f"Invalid SMTP settings: {exc}", error_code="ESETTINGS")
+        limits = effective_limits(account.limits, server.host) if server else Limits({})
+        return Sending(account.id, server, problem, limits, account.copy, bool(account.imap),
+                       account.throttle_level)
+
+    def _forget_account(self, account_id: str) -> None:
+        self._accounts.pop(account_id, None)
 
     # --- delivering -------------------------------------------------------
 
-    async def deliver(self, claim: Claim) -> None:
-        # One session for the whole attempt: its connection is taken before DATA,
-        # so the outcome is written the moment the server answers (see _record).
-        async with self.db.sessions() as session:
-            await self._deliver(claim, session)
+    async def deliver(
+        self,
+        claim: Claim,
+        trace_hint: Callable[[], str | None] = lambda: None,
+        handed_over: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Deliver one claimed message.
 
-    async def _deliver(self, claim: Claim, session: AsyncSession) -> None:
+        ``trace_hint`` gives the trace context its wake-up event brought, asked as
+        late as possible (the event may arrive just after the claim);
+        ``handed_over`` is called once the SMTP exchange is over (its connection
+        is free again), before the outcome is recorded.
+        """
         started = events.utcnow()
-        row = claim.row
-        account = await self._account(row.account_id)
-        QUEUE_LAG.observe(max(0.0, (started - row.next_attempt_at).total_seconds()))
-        server: SmtpServer | None = None
-        if account is None or not account.smtp:
-            outcome = Outcome("permanent", "Account has no SMTP settings", error_code="ESETTINGS")
-        else:
-            try:
-                secret = (
-                    self.sealer.open(account.credentials).get("smtp") if account.credentials else None
-                )
-                server = SmtpServer.from_account(with_secret(account.smtp, secret))
-            except (CredentialError, KeyError, ValueError) as exc:
-                outcome = Outcome("permanent", f"Invalid SMTP settings: {exc}", error_code="ESETTINGS")
-            else:
-                limits = effective_limits(account.limits, server.host)
-                if limits.rates:
-                    wait_until = await self._acquire(account.id, limits)
-                    if wait_until is not None:
-                        HELD.labels("limit").inc()
-                        await self._hold(claim, wait_until, f"sending limit reached until {events.iso(wait_until)}")
-                        return
-                async with self._connection_slot(account.id, limits.connections):
-                    with SEND_SECONDS.time(), tracer.start_as_current_span(
+        QUEUE_LAG.observe(max(0.0, (started - claim.next_attempt_at).total_seconds()))
+        sending = await self._sending(claim.account_id)
+        traceparent = trace_hint()
+        server = sending.server if sending is not None else None
+        if sending is None or server is None:
+            problem = sending.problem if sending is not None else None
+            outcome = problem or Outcome("permanent", "Account has no SMTP settings", error_code="ESETTINGS")
+            await self._record(claim, sending, None, outcome, started, traceparent)
+            return
+        limits = sending.limits
+        if limits.rates:
+            wait_until = await self._acquire(sending.account_id, limits)
+            if wait_until is not None:
+                HELD.labels("limit").inc()
+                await self._hold(claim, wait_until, f"sending limit reached until {events.iso(wait_until)}")
+                return
+        async with self._connection_slot(sending.account_id, limits.connections):
+            if time.monotonic() - claim.claimed_at > self.settings.sender_claim_timeout / 2:
+                # Waited too long for a connection: another sender may take the claim
+                # over soon, and two must never send one message.  Hand it back untried.
+                await self._release(claim)
+                return
+            with SEND_SECONDS.time():
+                if TRACING:
+                    with tracer.start_as_current_span(
                         "smtp deliver",
+                        # The trace of the submit that queued this message, when its wake-up told us.
+                        context=context_from_traceparent(traceparent) if traceparent else None,
                         kind=trace.SpanKind.CLIENT,
-                        attributes={"mailgate.queue_id": row.id, "server.address": server.label},
+                        attributes={"mailgate.queue_id": claim.queue_id, "server.address": server.label},
                     ) as span:
-                        outcome = await self.pool.deliver(
-                            server, row.envelope_from, list(row.envelope_to), row.raw,
-                            before_data=session.connection,
-                        )
+                        outcome = await self.pool.deliver(server, claim.envelope_from, claim.envelope_to, claim.raw)
                         span.set_attribute("mailgate.outcome", outcome.kind)
-                if is_slow_down(outcome):
-                    HELD.labels("throttled").inc()
-                    until = await self._throttle(account, outcome)
-                    await self._hold(claim, until, outcome.response, outcome, server, started)
-                    return
-                if outcome.kind == "sent" and account.throttle_level:
-                    await self._unthrottle(account.id)
+                        # Events about this attempt continue its trace.
+                        traceparent = current_traceparent()
+                else:
+                    outcome = await self.pool.deliver(server, claim.envelope_from, claim.envelope_to, claim.raw)
+        handed_over()
+        if is_slow_down(outcome):
+            HELD.labels("throttled").inc()
+            until = await self._throttle(sending, outcome)
+            await self._hold(claim, until, outcome.response, outcome, server, started)
+            return
+        if outcome.kind == "sent" and sending.throttle_level:
+            await self._unthrottle(sending.account_id)
+        await self._record(claim, sending, server, outcome, started, traceparent)
+
+    async def _record(
+        self,
+        claim: Claim,
+        sending: Sending | None,
+        server: SmtpServer | None,
+        outcome: Outcome,
+        started: datetime,
+        traceparent: str | None,
+    ) -> None:
         ATTEMPTS.labels(outcome.kind).inc()
-        await self._record(session, claim, row, account, server, outcome, started)
+        record = self._outcome(claim, sending, server, outcome, started, traceparent)
+        if await self.recorder.record(record):
+            log.info("%s attempt %d -> %s: %s", claim.queue_id, record.attempt, record.state, outcome.response)
+        else:
+            # Our claim lapsed and another sender took over: it records the outcome.
+            log.warning("lost claim on %s before recording %s", claim.queue_id, outcome.kind)
+
+    def _outcome(
+        self,
+        claim: Claim,
+        sending: Sending | None,
+        server: SmtpServer | None,
+        outcome: Outcome,
+        started: datetime,
+        traceparent: str | None,
+    ) -> Record:
+        attempt = claim.attempts_made + 1
+        envelope = events.Envelope(from_=claim.envelope_from, to=list(claim.envelope_to))
+        staged: list[events.Event] = []
+        next_attempt: datetime | None = None
+        if outcome.kind == "sent":
+            transition = lifecycle.MARK_SENT
+            staged.append(events.MessageSent(
+                account=claim.account_id, queue_id=claim.queue_id, message_id=claim.message_id,
+                response=outcome.response, envelope=envelope, traceparent=traceparent,
+            ))
+            imap = sending is not None and sending.imap
+            copy = claim.copy if claim.copy is not None else sending.copy if sending else None
+            if imap and copy is not False:
+                staged.append(events.ImapAppendSent(
+                    account=claim.account_id, queue_id=claim.queue_id, traceparent=traceparent))
+            if claim.reference and imap:
+                # A reply or forward marks the message it answered, as mail clients do.
+                forward = claim.reference.get("action") == "forward"
+                staged.append(events.ImapSetFlags(
+                    account=claim.account_id, message=str(claim.reference.get("message", "")),
+                    add=["$Forwarded" if forward else "\\Answered"], traceparent=traceparent,
+                ))
+        else:
+            retry = outcome.kind == "temporary" and attempt < claim.max_attempts
+            if retry:
+                transition = lifecycle.DEFER
+                next_attempt = events.utcnow() + timedelta(seconds=backoff_delay(
+                    attempt, self.settings.delivery_retry_base, self.settings.delivery_retry_max))
+            else:
+                transition = lifecycle.FAIL
+            staged.append(events.MessageDeliveryError(
+                account=claim.account_id, queue_id=claim.queue_id, message_id=claim.message_id,
+                envelope=envelope, error=outcome.error, error_code=outcome.error_code,
+                smtp_response=outcome.response if outcome.code else None,
+                smtp_response_code=outcome.code, smtp_command=outcome.command,
+                attempts_made=attempt, attempts=claim.max_attempts, next_attempt=next_attempt,
+                traceparent=traceparent,
+            ))
+            if not retry:
+                staged.append(events.MessageFailed(
+                    account=claim.account_id, queue_id=claim.queue_id, message_id=claim.message_id,
+                    error=outcome.error, envelope=envelope, traceparent=traceparent,
+                ))
+        final = transition.to_state in lifecycle.FINAL_STATES
+        return Record(
+            claim=claim,
+            state=transition.to_state,
+            attempt=attempt,
+            last_error=None if outcome.kind == "sent" else outcome.error,
+            smtp_response=outcome.response if outcome.code else None,
+            next_attempt_at=next_attempt,
+            finished_at=events.utcnow() if final else None,
+            outcome="sent" if outcome.kind == "sent" else transition.to_state,
+            server=server.label if server else None,
+            smtp_code=outcome.code,
+            smtp_status=outcome.status,
+            response=outcome.response,
+            error=_attempt_error(outcome),
+            started_at=started,
+            events=tuple(staged),
+        )
 
     # --- politeness -------------------------------------------------------
 
@@ -216,19 +297,19 @@ class Deliverer:
             slot = self._slots[account_id] = asyncio.Semaphore(connections)
         return slot
 
-    async def _throttle(self, account: Account, outcome: Outcome) -> datetime:
+    async def _throttle(self, sending: Sending, outcome: Outcome) -> datetime:
         """The server said "slow down": leave the whole account alone for a while."""
-        level = account.throttle_level + 1
+        level = sending.throttle_level + 1
         until = events.utcnow() + timedelta(
             seconds=throttle_delay(level, self.settings.throttle_base, self.settings.throttle_max)
         )
         async with self.db.transaction() as session:
             await session.execute(
-                update(Account).where(Account.id == account.id)
+                update(Account).where(Account.id == sending.account_id)
                 .values(throttled_until=until, throttle_level=level)
             )
-        self._accounts.pop(account.id, None)
-        log.warning("account %s throttled until %s: %s", account.id, events.iso(until), outcome.response)
+        self._forget_account(sending.account_id)
+        log.warning("account %s throttled until %s: %s", sending.account_id, events.iso(until), outcome.response)
         return until
 
     async def _unthrottle(self, account_id: str) -> None:
@@ -236,7 +317,18 @@ class Deliverer:
             await session.execute(
                 update(Account).where(Account.id == account_id).values(throttled_until=None, throttle_level=0)
             )
-        self._accounts.pop(account_id, None)
+        self._forget_account(account_id)
+
+    async def _release(self, claim: Claim) -> None:
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == claim.queue_id, OutboxMessage.claim_token == claim.token,
+                       OutboxMessage.state.in_(lifecycle.RELEASE.from_states))
+                .values(state=lifecycle.RELEASE.to_state, claim_token=None, claimed_until=None)
+                .execution_options(synchronize_session=False)
+            )
+        log.warning("%s waited too long for an SMTP connection; handed back", claim.queue_id)
 
     async def _hold(
         self,
@@ -249,11 +341,10 @@ class Deliverer:
     ) -> None:
         """Hand the message back without spending an attempt; push the account's
         other due messages behind the same wait so they are not claimed in vain."""
-        row = claim.row
         async with self.db.transaction() as session:
             released = await session.scalar(
                 update(OutboxMessage)
-                .where(OutboxMessage.id == row.id, OutboxMessage.claim_token == claim.token,
+                .where(OutboxMessage.id == claim.queue_id, OutboxMessage.claim_token == claim.token,
                        OutboxMessage.state.in_(lifecycle.RELEASE.from_states))
                 .values(state=lifecycle.RELEASE.to_state, claim_token=None, claimed_until=None,
                         next_attempt_at=until, last_error=reason)
@@ -263,7 +354,7 @@ class Deliverer:
                 return
             await session.execute(
                 update(OutboxMessage)
-                .where(OutboxMessage.account_id == row.account_id,
+                .where(OutboxMessage.account_id == claim.account_id,
                        OutboxMessage.state.in_(lifecycle.CLAIM.from_states),
                        OutboxMessage.next_attempt_at < until)
                 .values(next_attempt_at=until, last_error=reason)
@@ -272,139 +363,11 @@ class Deliverer:
             if outcome is not None:
                 # The exchange happened; keep it in the message's history, uncounted.
                 session.add(DeliveryAttempt(
-                    queue_id=row.id, attempt=row.attempts_made + 1, outcome="throttled",
+                    queue_id=claim.queue_id, attempt=claim.attempts_made + 1, outcome="throttled",
                     server=server.label if server else None, smtp_code=outcome.code,
                     smtp_status=outcome.status, response=outcome.response, error=reason,
                     started_at=started or events.utcnow(),
                 ))
-
-    async def _record(
-        self,
-        session: AsyncSession,
-        claim: Claim,
-        row: OutboxMessage,
-        account: Account | None,
-        server: SmtpServer | None,
-        outcome: Outcome,
-        started: datetime,
-    ) -> None:
-        attempt = row.attempts_made + 1
-        envelope = events.Envelope(from_=row.envelope_from, to=list(row.envelope_to))
-        staged: list[events.Event] = []
-        next_attempt: datetime | None = None
-        if outcome.kind == "sent":
-            transition = lifecycle.MARK_SENT
-            staged.append(
-                events.MessageSent(
-                    account=row.account_id,
-                    queue_id=row.id,
-                    message_id=row.message_id,
-                    response=outcome.response,
-                    envelope=envelope,
-                )
-            )
-            copy = row.copy if row.copy is not None else account.copy if account else None
-            if account is not None and account.imap and copy is not False:
-                staged.append(events.ImapAppendSent(account=row.account_id, queue_id=row.id))
-            if row.reference and account is not None and account.imap:
-                # A reply or forward marks the message it answered, as mail clients do.
-                forward = row.reference.get("action") == "forward"
-                staged.append(events.ImapSetFlags(
-                    account=row.account_id, message=str(row.reference.get("message", "")),
-                    add=["$Forwarded" if forward else "\\Answered"],
-                ))
-        else:
-            retry = outcome.kind == "temporary" and attempt < row.max_attempts
-            if retry:
-                transition = lifecycle.DEFER
-                next_attempt = events.utcnow() + timedelta(
-                    seconds=backoff_delay(
-                        attempt,
-                        self.settings.delivery_retry_base,
-                        self.settings.delivery_retry_max,
-                    )
-                )
-            else:
-                transition = lifecycle.FAIL
-            staged.append(
-                events.MessageDeliveryError(
-                    account=row.account_id,
-                    queue_id=row.id,
-                    message_id=row.message_id,
-                    envelope=envelope,
-                    error=outcome.error,
-                    error_code=outcome.error_code,
-                    smtp_response=outcome.response if outcome.code else None,
-                    smtp_response_code=outcome.code,
-                    smtp_command=outcome.command,
-                    attempts_made=attempt,
-                    attempts=row.max_attempts,
-                    next_attempt=next_attempt,
-                )
-            )
-            if not retry:
-                staged.append(
-                    events.MessageFailed(
-                        account=row.account_id,
-                        queue_id=row.id,
-                        message_id=row.message_id,
-                        error=outcome.error,
-                        envelope=envelope,
-                    )
-                )
-        values: dict[str, object] = {
-            "state": transition.to_state,
-            "attempts_made": attempt,
-            "claim_token": None,
-            "claimed_until": None,
-            "last_error": None if outcome.kind == "sent" else outcome.error,
-            "smtp_response": outcome.response if outcome.code else None,
-        }
-        if next_attempt is not None:
-            values["next_attempt_at"] = next_attempt
-        if transition.to_state in lifecycle.FINAL_STATES:
-            values["finished_at"] = events.utcnow()
-        # The window between the server's 250 and this commit is the only place a
-        # crash can make a message go out twice (RFC 1047), so it is kept short:
-        # the connection is already held and the commit does not wait for fsync.
-        if outcome.kind == "sent":
-            # The server already holds the message: what matters now is recording
-            # that before this process can die, not waiting for the disk.  (A
-            # database crash in the next moment could only cause a resend.)
-            await session.execute(text("SET LOCAL synchronous_commit = off"))
-        result = await session.execute(
-            update(OutboxMessage)
-            .where(
-                OutboxMessage.id == row.id,
-                OutboxMessage.state.in_(transition.from_states),
-                OutboxMessage.claim_token == claim.token,
-            )
-            .values(**values)
-            .returning(OutboxMessage.id)
-            .execution_options(synchronize_session=False)
-        )
-        if result.scalar_one_or_none() is None:
-            # Our claim lapsed and another sender took over: it records the outcome.
-            log.warning("lost claim on %s before recording %s", row.id, outcome.kind)
-            await session.rollback()
-            return
-        await session.execute(
-            insert(DeliveryAttempt).values(
-                queue_id=row.id,
-                attempt=attempt,
-                outcome={"sent": "sent"}.get(outcome.kind, transition.to_state),
-                server=server.label if server else None,
-                smtp_code=outcome.code,
-                smtp_status=outcome.status,
-                response=outcome.response,
-                error=_attempt_error(outcome),
-                started_at=started,
-            )
-        )
-        stage(session, *staged)
-        await session.commit()
-        log.info("%s attempt %d -> %s: %s", row.id, attempt, transition.to_state, outcome.response)
-        await self.relay.publish_committed(staged)
 
     async def close(self) -> None:
         self.pool.close()

@@ -1,9 +1,15 @@
 """mailgate-sender: turns queued outbox rows into SMTP deliveries.
 
-Two ways work arrives, both ending in ``Deliverer.deliver``:
-* ``submission.queued`` events - the fast path for messages due now;
-* the due-work poller - scheduled messages, retries, and anything whose
-  event was lost or whose sender died mid-send.
+One dispatcher claims due messages in batches (one statement for many) and
+starts a delivery for each: up to ``sender_concurrency`` SMTP exchanges at a
+time, plus a batch claimed ahead and those waiting for their outcome's commit.
+It looks for work when:
+* a ``submission.queued`` event arrives - the wake-up call for a message due
+  now, so it goes out within milliseconds of being queued;
+* a delivery finishes and frees room while messages are waiting;
+* every ``sender_poll_interval`` - scheduled messages, retries, anything whose
+  event was lost, and claims whose sender died mid-send.
+Outcomes are written in batches by the recorder (see recorder.py).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 
 from mailgate_common import events, topology
 from mailgate_common.bus import Bus
@@ -18,9 +25,18 @@ from mailgate_common.db import Database
 from mailgate_common.event_relay import EventRelay
 from mailgate_common.runtime import run
 from mailgate_common.settings import Settings, load_settings_or_exit
-from mailgate_sender.delivery import Claim, Deliverer
+from mailgate_sender.claims import Claim, Claimer
+from mailgate_sender.delivery import Deliverer
+from mailgate_sender.pg import DirectConnection
+from mailgate_sender.recorder import Recorder
 
 log = logging.getLogger("mailgate.sender")
+
+# Trace contexts of woken messages not yet claimed; bounded, as a message may be
+# claimed by another replica and never by us.
+MAX_TRACE_HINTS = 10_000
+# Seconds a poll leaves a new message to its own wake-up event (see Claimer.claim).
+SETTLE = 0.5
 
 
 class SenderService:
@@ -29,21 +45,38 @@ class SenderService:
         self.db = Database(settings.database_url, pool_size=settings.db_pool_size)
         self.bus = Bus(settings.amqp_url)
         self.relay = EventRelay(self.db, self.bus)
-        self.deliverer = Deliverer(settings, self.db, self.relay)
-        self.slots = asyncio.Semaphore(settings.sender_concurrency)
+        self.claim_conn = DirectConnection(settings.database_url, durable=False)
+        self.record_conn = DirectConnection(settings.database_url)
+        self.claimer = Claimer(self.claim_conn, settings.sender_claim_timeout)
+        self.recorder = Recorder(self.record_conn, self.relay, retry_for=settings.sender_claim_timeout * 0.8)
+        self.deliverer = Deliverer(settings, self.db, self.recorder)
+        self.concurrency = settings.sender_concurrency
+        # SMTP exchanges at once (each holds a connection).
+        self.smtp_slots = asyncio.Semaphore(self.concurrency)
+        # Under load, claim when a quarter of the slots' worth is free rather than
+        # one at a time: fewer, larger claims.  Idle, a claim is immediate.
+        self.batch_floor = max(1, self.concurrency // 4)
+        # Claimed and not yet through SMTP: the exchanges under way plus one
+        # batch claimed ahead, so a freed slot does not wait for a claim's round trip.
+        self.unsent = 0
+        self.max_unsent = self.concurrency + self.batch_floor
+        # All claimed messages in this process, including those past their
+        # exchange waiting a few milliseconds for the batch commit: bounded, as
+        # each of those is a message the server has and the database does not know yet.
+        self.max_claimed = 2 * self.concurrency
         self.tasks: set[asyncio.Task[None]] = set()
+        self.dispatcher: asyncio.Task[None] | None = None
         self.loops: list[asyncio.Task[None]] = []
         self.stopping = False
-        self.busy = 0
+        self.wake = asyncio.Event()
         self.slot_freed = asyncio.Event()
+        self.traces: OrderedDict[str, str] = OrderedDict()
 
     async def start(self) -> None:
         await self.bus.connect()
         await self.bus.consume(topology.SENDER, self.on_event, self.settings.bus_prefetch)
-        self.loops = [
-            asyncio.create_task(self.poll_due()),
-            asyncio.create_task(self.relay.run()),
-        ]
+        self.dispatcher = asyncio.create_task(self.dispatch())
+        self.loops = [asyncio.create_task(self.relay.run()), asyncio.create_task(self.recorder.run())]
 
     async def ready(self) -> bool:
         return self.bus.connected and await self.db.ping()
@@ -52,65 +85,98 @@ class SenderService:
         if not isinstance(event, events.SubmissionQueued):
             return
         if event.send_at > events.utcnow():
-            return  # scheduled: the poller sends it when due
-        async with self.slots:
-            self.busy += 1
-            try:
-                claim = await self.deliverer.claim(event.queue_id)
-                if claim is not None:
-                    await self.deliverer.deliver(claim)
-            finally:
-                self.busy -= 1
+            return  # scheduled: the poller finds it when due
+        if event.traceparent:
+            self.traces[event.queue_id] = event.traceparent
+            while len(self.traces) > MAX_TRACE_HINTS:
+                self.traces.popitem(last=False)
+        # Acked at once: the event only says "look now"; the row is the work.
+        self.wake.set()
 
-    async def poll_due(self) -> None:
+    async def dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        poll = self.settings.sender_poll_interval
+        next_reclaim = 0.0
+        woken = True  # at start, and after a wake-up or a freed slot: take all that is due
         while not self.stopping:
-            free = self.settings.sender_concurrency - self.busy
-            if free <= 0:
-                # Busy: wait for a delivery to finish rather than a poll interval.
+            free = min(self.max_claimed - len(self.tasks), self.max_unsent - self.unsent)
+            if free < self.batch_floor:
                 self.slot_freed.clear()
                 await self.slot_freed.wait()
+                woken = True
                 continue
+            # Cleared before claiming: an event arriving during the claim wakes us again.
+            self.wake.clear()
+            reclaim = loop.time() >= next_reclaim
+            if reclaim:
+                next_reclaim = loop.time() + poll
             try:
-                # Claim only what can start now; claimed rows wait for nobody.
-                claims = await self.deliverer.claim_due(free)
-                for claim in claims:
-                    await self.slots.acquire()
-                    self.busy += 1
-                    task = asyncio.create_task(self._deliver(claim))
-                    self.tasks.add(task)
-                    task.add_done_callback(self.tasks.discard)
-            except asyncio.CancelledError:
-                raise
+                claims = await self.claimer.claim(free, reclaim=reclaim, settle=0.0 if woken else SETTLE)
             except Exception as exc:
-                log.warning("due-work poll failed: %r", exc)
-                claims = []
-            if len(claims) < free:
-                # Caught up with everything due: look again after the interval.
-                await asyncio.sleep(self.settings.sender_poll_interval)
+                log.warning("claiming due messages failed: %r", exc)
+                await asyncio.sleep(poll)
+                continue
+            self.unsent += len(claims)
+            for claim in claims:
+                task = asyncio.create_task(self._deliver(claim))
+                self.tasks.add(task)
+                task.add_done_callback(self._finished)
+            woken = len(claims) == free
+            if not woken and not self.stopping:
+                # Caught up with everything due: wait for a wake-up or the interval.
+                try:
+                    await asyncio.wait_for(self.wake.wait(), poll)
+                    woken = True
+                except TimeoutError:
+                    pass
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.slot_freed.set()
 
     async def _deliver(self, claim: Claim) -> None:
+        over = False
+
+        def handed_over() -> None:
+            nonlocal over
+            if not over:
+                over = True
+                self.unsent -= 1
+                self.smtp_slots.release()
+                self.slot_freed.set()
+
+        await self.smtp_slots.acquire()
         try:
-            await self.deliverer.deliver(claim)
+            await self.deliverer.deliver(claim, lambda: self.traces.pop(claim.queue_id, None), handed_over)
         except Exception:
             # The claim lapses and the poller retries the message later.
             log.exception("delivery of %s crashed", claim.queue_id)
         finally:
-            self.busy -= 1
-            self.slots.release()
-            self.slot_freed.set()
+            handed_over()
 
     async def stop(self) -> None:
         self.stopping = True
         await self.bus.stop_consuming(grace=20)
-        for loop in self.loops:
-            loop.cancel()
+        # The dispatcher finishes its claim in hand (its messages are started),
+        # then stops; deliveries under way finish and are recorded.
+        self.wake.set()
+        self.slot_freed.set()
+        if self.dispatcher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.dispatcher, 10)
         if self.tasks:
             await asyncio.wait(self.tasks, timeout=20)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.recorder.drain(), 5)
+        for loop in self.loops:
+            loop.cancel()
         for loop in self.loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
         await self.deliverer.close()
         await self.bus.close()
+        await self.claim_conn.close()
+        await self.record_conn.close()
         await self.db.dispose()
 
 

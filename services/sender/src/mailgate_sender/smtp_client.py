@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +107,6 @@ class SmtpPool:
         envelope_from: str,
         envelope_to: list[str],
         raw: bytes,
-        before_data: Callable[[], Awaitable[object]] | None = None,
     ) -> Outcome:
         command: str | None = "CONNECT"
         try:
@@ -116,7 +114,7 @@ class SmtpPool:
         except Exception as exc:
             return classify_exception(exc, "AUTH" if isinstance(exc, aiosmtplib.SMTPAuthenticationError) else command)
         try:
-            outcome = await _transaction(client, envelope_from, envelope_to, raw, before_data)
+            outcome = await _transaction(client, envelope_from, envelope_to, raw)
         except aiosmtplib.SMTPServerDisconnected as exc:
             if not reused:
                 _close(client)
@@ -126,7 +124,7 @@ class SmtpPool:
             _close(client)
             try:
                 client = await self._connect(server)
-                outcome = await _transaction(client, envelope_from, envelope_to, raw, before_data)
+                outcome = await _transaction(client, envelope_from, envelope_to, raw)
             except Exception as retry_exc:
                 _close(client)
                 return classify_exception(retry_exc, command)
@@ -154,19 +152,21 @@ async def _transaction(
     envelope_from: str,
     envelope_to: list[str],
     raw: bytes,
-    before_data: Callable[[], Awaitable[object]] | None = None,
 ) -> Outcome:
     options: list[str] = []
+    encoding = "ascii"
     if any(not a.isascii() for a in (envelope_from, *envelope_to)) and client.supports_extension(
         "smtputf8"
     ):
         options.append("SMTPUTF8")
+        # aiosmtplib encodes addresses as ASCII unless told otherwise.
+        encoding = "utf-8"
     if not raw.isascii() and client.supports_extension("8bitmime"):
         options.append("BODY=8BITMIME")
     if client.supports_extension("size"):
         options.append(f"SIZE={len(raw)}")
     try:
-        await client.mail(envelope_from, options=options)
+        await client.mail(envelope_from, options=options, encoding=encoding)
     except aiosmtplib.SMTPResponseException as exc:
         return classify_reply(exc.code, exc.message, "MAIL FROM")
     refused: dict[str, str] = {}
@@ -174,7 +174,7 @@ async def _transaction(
     last_refusal: tuple[int, str] | None = None
     for rcpt in envelope_to:
         try:
-            await client.rcpt(rcpt)
+            await client.rcpt(rcpt, encoding=encoding)
             accepted.append(rcpt)
         except aiosmtplib.SMTPRecipientRefused as exc:
             refused[rcpt] = f"{exc.code} {exc.message}"
@@ -184,8 +184,6 @@ async def _transaction(
         outcome = classify_reply(last_refusal[0], last_refusal[1], "RCPT TO")
         return Outcome(outcome.kind, outcome.response, outcome.code, outcome.status,
                        "RCPT TO", "EENVELOPE", refused)
-    if before_data is not None:
-        await before_data()
     try:
         response = await client.data(raw)
     except aiosmtplib.SMTPDataError as exc:

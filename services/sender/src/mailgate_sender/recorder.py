@@ -1,0 +1,189 @@
+"""Recording delivery outcomes: many messages per statement, one commit for all.
+
+Each message's outcome is three writes that must land together: the guarded
+state change (only while its claim is still held), the attempt row, and the
+events staged for publishing (transactional outbox).  The writer takes every
+outcome that is waiting and writes them in ONE statement (data-modifying CTEs,
+so it is one round trip and one atomic, durable commit), while the next batch
+gathers.  Only after that commit are the events published - several messages'
+confirms in flight at once - so a ``messageSent`` never announces a mark the
+database could still lose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from mailgate_common import events, lifecycle
+from mailgate_common.event_relay import EventRelay
+from mailgate_sender.claims import Claim
+from mailgate_sender.pg import DirectConnection
+
+log = logging.getLogger(__name__)
+
+# Every outcome leaves "sending"; the guard below relies on it.
+assert all(t.from_states == (lifecycle.SENDING,) for t in (lifecycle.MARK_SENT, lifecycle.DEFER, lifecycle.FAIL))
+
+# Events in flight to the broker before the writer waits for it (backpressure).
+MAX_UNPUBLISHED = 2000
+
+RECORD_SQL = f"""
+WITH v AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
+                         $7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[], $11::int[],
+                         $12::text[], $13::text[], $14::text[], $15::timestamptz[])
+        AS v(id, token, state, attempt, last_error, smtp_response, next_attempt_at, finished_at,
+             outcome, server, smtp_code, smtp_status, response, error, started_at)
+), done AS (
+    UPDATE outbox o
+    SET state = v.state, attempts_made = v.attempt, claim_token = NULL, claimed_until = NULL,
+        last_error = v.last_error, smtp_response = v.smtp_response,
+        next_attempt_at = COALESCE(v.next_attempt_at, o.next_attempt_at),
+        finished_at = COALESCE(v.finished_at, o.finished_at), updated_at = now()
+    FROM v
+    WHERE o.id = v.id AND o.claim_token = v.token AND o.state = '{lifecycle.SENDING}'
+    RETURNING o.id
+), attempts AS (
+    INSERT INTO delivery_attempts (queue_id, attempt, outcome, server, smtp_code, smtp_status,
+                                   response, error, started_at)
+    SELECT v.id, v.attempt, v.outcome, v.server, v.smtp_code, v.smtp_status, v.response, v.error,
+           v.started_at
+    FROM v JOIN done ON done.id = v.id
+), staged AS (
+    INSERT INTO pending_events (id, routing_key, body)
+    SELECT e.id, e.routing_key, e.body
+    FROM unnest($16::text[], $17::text[], $18::text[], $19::bytea[]) AS e(queue_id, id, routing_key, body)
+    JOIN done ON done.id = e.queue_id
+)
+SELECT id FROM done
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One attempt's outcome: the message's new state, its attempt row, its events."""
+
+    claim: Claim
+    state: str
+    attempt: int
+    last_error: str | None
+    smtp_response: str | None
+    next_attempt_at: datetime | None
+    finished_at: datetime | None
+    outcome: str  # the attempt row's outcome: sent | deferred | failed
+    server: str | None
+    smtp_code: int | None
+    smtp_status: str | None
+    response: str | None
+    error: str | None
+    started_at: datetime
+    events: tuple[events.Event, ...]
+
+
+class Recorder:
+    def __init__(self, conn: DirectConnection, relay: EventRelay, retry_for: float, max_batch: int = 500) -> None:
+        self._conn = conn
+        self._relay = relay
+        # A write that fails (database restarting) is retried while the claims are
+        # still ours; the statement is guarded by the claim token, so a retry after
+        # a commit whose answer was lost changes nothing.
+        self._retry_for = retry_for
+        self._max_batch = max_batch
+        self._queue: list[tuple[Record, asyncio.Future[bool]]] = []
+        self._more = asyncio.Event()
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._unpublished = 0  # events committed and not yet confirmed by the broker
+
+    async def record(self, record: Record) -> bool:
+        """Write ``record`` with the next batch; False if its claim was lost meanwhile."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((record, future))
+        self._more.set()
+        return await future
+
+    async def run(self) -> None:
+        while True:
+            if not self._queue:
+                self._more.clear()
+                await self._more.wait()
+            while self._unpublished > MAX_UNPUBLISHED and self._publishing:
+                # The broker is behind: sending on would only grow a backlog that the
+                # relay loop would find "stale" and publish a second time.
+                await asyncio.wait(set(self._publishing), return_when=asyncio.FIRST_COMPLETED)
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            try:
+                kept = await self._write(batch)
+            except asyncio.CancelledError:
+                for _, future in batch:
+                    future.cancel()
+                raise
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            groups: list[tuple[events.Event, ...]] = []
+            for record, future in batch:
+                ok = record.claim.queue_id in kept
+                if ok and record.events:
+                    groups.append(record.events)
+                if not future.done():
+                    future.set_result(ok)
+            if groups:
+                count = sum(len(group) for group in groups)
+                self._unpublished += count
+                task = asyncio.create_task(self._publish(groups, count))
+                self._publishing.add(task)
+                task.add_done_callback(self._publishing.discard)
+
+    async def _write(self, batch: list[tuple[Record, asyncio.Future[bool]]]) -> set[str]:
+        records = [r for r, _ in batch]
+        columns: list[list[object]] = [[] for _ in range(15)]
+        for r in records:
+            for column, value in zip(columns, (
+                r.claim.queue_id, r.claim.token, r.state, r.attempt, r.last_error, r.smtp_response,
+                r.next_attempt_at, r.finished_at, r.outcome, r.server, r.smtp_code, r.smtp_status,
+                r.response, r.error, r.started_at,
+            ), strict=True):
+                column.append(value)
+        staged: list[list[object]] = [[], [], [], []]
+        for r in records:
+            for event in r.events:
+                staged[0].append(r.claim.queue_id)
+                staged[1].append(event.id)
+                staged[2].append(event.routing_key)
+                staged[3].append(events.encode(event))
+        deadline = time.monotonic() + self._retry_for
+        while True:
+            try:
+                async with self._conn.connection() as conn:
+                    rows = await conn.fetch(RECORD_SQL, *columns, *staged)
+                return {row[0] for row in rows}
+            except Exception as exc:
+                if time.monotonic() >= deadline:
+                    log.error("could not record %d outcomes: %r", len(records), exc)
+                    raise
+                log.warning("recording %d outcomes failed, retrying: %r", len(records), exc)
+                await asyncio.sleep(0.5)
+
+    async def _publish(self, groups: list[tuple[events.Event, ...]], count: int) -> None:
+        # One message's events keep their order (deliveryError before failed);
+        # different messages' publishes wait for their confirms side by side.
+        try:
+            await asyncio.gather(*(self._relay.publish_committed(group) for group in groups))
+        finally:
+            self._unpublished -= count
+
+    async def drain(self) -> None:
+        """Wait until queued outcomes are written and their events published
+        (callers bound the wait: whatever is left, the event relay publishes)."""
+        while self._queue or self._publishing:
+            if self._publishing:
+                await asyncio.wait(set(self._publishing))
+            else:
+                await asyncio.sleep(0.01)
