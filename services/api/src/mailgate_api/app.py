@@ -24,6 +24,7 @@ from mailgate_api.submit.routes import submit
 from mailgate_api.suppression.routes import SuppressionController
 from mailgate_api.tracing import tracing_middleware
 from mailgate_api.webhooks.routes import WebhookController
+from mailgate_common import malloc
 from mailgate_common.bus import Bus
 from mailgate_common.crypto import Sealer
 from mailgate_common.db import Database
@@ -59,6 +60,7 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         connecting = asyncio.create_task(_connect_bus(resources.bus))
         relay = asyncio.create_task(resources.relay.run())
+        malloc.trim()
         try:
             yield
         finally:

@@ -34,12 +34,12 @@ from mailgate_common.bus import Bus, RpcReply
 from mailgate_common.crypto import Sealer
 from mailgate_common.db import Database
 from mailgate_common.event_relay import EventRelay
+from mailgate_common.malloc import fix_mmap_threshold
 from mailgate_common.runtime import run
 from mailgate_common.settings import Settings, load_settings_or_exit
 from mailgate_imap_sync import state
 from mailgate_imap_sync.commands import Commands
 from mailgate_imap_sync.leases import Leases
-from mailgate_imap_sync.malloc import fix_mmap_threshold
 from mailgate_imap_sync.watcher import Watcher
 
 log = logging.getLogger("mailgate.imap-sync")
