@@ -17,7 +17,6 @@ from mailgate_common.bus import Bus
 from mailgate_common.db import Database
 from mailgate_common.event_relay import EventRelay
 from mailgate_sender.claims import Claim, Claimer
-from mailgate_sender.pg import DirectConnection, asyncpg_dsn
 from mailgate_sender.recorder import Record, Recorder
 from tests.support.stack import Stack
 
@@ -70,11 +69,12 @@ def _record(claim: Claim, state: str) -> Record:
 
 def test_batch_claim_and_record_keep_the_lifecycle_guards(empty_stack: Stack) -> None:
     async def scenario() -> None:
-        conn = await asyncpg.connect(asyncpg_dsn(empty_stack.database_url))
+        conn = await asyncpg.connect(empty_stack.database_url.replace("postgresql+asyncpg://", "postgresql://"))
         account = f"acct-{uuid.uuid4().hex[:8]}"
         await conn.execute("INSERT INTO accounts (id, smtp) VALUES ($1, '{}'::jsonb)", account)
         ids = await _queue(conn, account, 3)
-        claimer = Claimer(DirectConnection(empty_stack.database_url, durable=False), 30)
+        db = Database(empty_stack.database_url, pool_size=2)
+        claimer = Claimer(db, 30)
 
         claims = await claimer.claim(10)
         assert sorted(c.queue_id for c in claims) == sorted(ids)
@@ -90,17 +90,14 @@ def test_batch_claim_and_record_keep_the_lifecycle_guards(empty_stack: Stack) ->
         # Another sender took the third one over meanwhile: its outcome is not ours to write.
         await conn.execute("UPDATE outbox SET claim_token = 'someone-else' WHERE id = $1", lost.queue_id)
 
-        db = Database(empty_stack.database_url, pool_size=1)
         bus = Bus(empty_stack.amqp_url)
         await bus.connect()
-        recorder = Recorder(DirectConnection(empty_stack.database_url), EventRelay(db, bus), retry_for=1)
-        writer = asyncio.create_task(recorder.run())
+        recorder = Recorder(db, EventRelay(db, bus), retry_for=1)
         try:
             results = await asyncio.gather(*(recorder.record(_record(c, s)) for c, s in (
                 (sent, "sent"), (deferred, "deferred"), (lost, "sent"))))
             await asyncio.wait_for(recorder.drain(), 10)
         finally:
-            writer.cancel()
             await bus.close()
             await db.dispose()
         assert results == [True, True, False]

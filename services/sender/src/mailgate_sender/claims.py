@@ -1,9 +1,9 @@
 """Claiming due messages: many at once, in one statement.
 
 A claim moves ``queued|deferred -> sending`` under a fresh token, guarded and
-with ``SKIP LOCKED``, so racing replicas never claim the same message.  Claims
-commit without waiting for the disk: a claim lost in a database crash only
-means the message is claimed again.
+with ``SKIP LOCKED``, so racing replicas never claim the same message.  Each
+claim is one prepared statement on a pooled connection: one round trip, one
+(group-committed) commit for the whole batch.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from mailgate_common import lifecycle
-from mailgate_sender.pg import DirectConnection
+from mailgate_common.db import Database
 
 _CLAIMABLE = ", ".join(f"'{state}'" for state in lifecycle.CLAIM.from_states)
 # Only what a delivery needs (no subject, idempotency key, timestamps...).
@@ -68,8 +68,8 @@ class Claim:
 
 
 class Claimer:
-    def __init__(self, conn: DirectConnection, hold_seconds: float) -> None:
-        self._conn = conn
+    def __init__(self, db: Database, hold_seconds: float) -> None:
+        self._db = db
         self.hold = hold_seconds
 
     async def claim(self, limit: int, *, reclaim: bool = False, settle: float = 0.0) -> list[Claim]:
@@ -81,7 +81,7 @@ class Claimer:
         """
         token = secrets.token_hex(8)
         claimed_at = time.monotonic()
-        async with self._conn.connection() as conn:
+        async with self._db.statement_connection() as conn:
             rows = await conn.fetch(CLAIM_DUE_SQL, token, self.hold, limit, settle)
             if reclaim and len(rows) < limit:
                 rows += await conn.fetch(RECLAIM_SQL, token, self.hold, limit - len(rows))

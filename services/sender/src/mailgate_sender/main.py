@@ -27,7 +27,6 @@ from mailgate_common.runtime import run
 from mailgate_common.settings import Settings, load_settings_or_exit
 from mailgate_sender.claims import Claim, Claimer
 from mailgate_sender.delivery import Deliverer
-from mailgate_sender.pg import DirectConnection
 from mailgate_sender.recorder import Recorder
 
 log = logging.getLogger("mailgate.sender")
@@ -45,10 +44,8 @@ class SenderService:
         self.db = Database(settings.database_url, pool_size=settings.db_pool_size)
         self.bus = Bus(settings.amqp_url)
         self.relay = EventRelay(self.db, self.bus)
-        self.claim_conn = DirectConnection(settings.database_url, durable=False)
-        self.record_conn = DirectConnection(settings.database_url)
-        self.claimer = Claimer(self.claim_conn, settings.sender_claim_timeout)
-        self.recorder = Recorder(self.record_conn, self.relay, retry_for=settings.sender_claim_timeout * 0.8)
+        self.claimer = Claimer(self.db, settings.sender_claim_timeout)
+        self.recorder = Recorder(self.db, self.relay, retry_for=settings.sender_claim_timeout * 0.8)
         self.deliverer = Deliverer(settings, self.db, self.recorder)
         self.concurrency = settings.sender_concurrency
         # SMTP exchanges at once (each holds a connection).
@@ -76,7 +73,7 @@ class SenderService:
         await self.bus.connect()
         await self.bus.consume(topology.SENDER, self.on_event, self.settings.bus_prefetch)
         self.dispatcher = asyncio.create_task(self.dispatch())
-        self.loops = [asyncio.create_task(self.relay.run()), asyncio.create_task(self.recorder.run())]
+        self.loops = [asyncio.create_task(self.relay.run())]
 
     async def ready(self) -> bool:
         return self.bus.connected and await self.db.ping()
@@ -175,8 +172,6 @@ class SenderService:
                 await loop
         await self.deliverer.close()
         await self.bus.close()
-        await self.claim_conn.close()
-        await self.record_conn.close()
         await self.db.dispose()
 
 

@@ -3,9 +3,9 @@
 Each message's outcome is three writes that must land together: the guarded
 state change (only while its claim is still held), the attempt row, and the
 events staged for publishing (transactional outbox).  The writer takes every
-outcome that is waiting and writes them in ONE statement (data-modifying CTEs,
-so it is one round trip and one atomic, durable commit), while the next batch
-gathers.  Only after that commit are the events published - several messages'
+outcome that is waiting (``mailgate_common.batching``) and writes them in ONE
+statement (data-modifying CTEs, so it is one round trip and one atomic, durable
+commit), while the next batch gathers.  Only after that commit are the events published - several messages'
 confirms in flight at once - so a ``messageSent`` never announces a mark the
 database could still lose.
 """
@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from mailgate_common import events, lifecycle
+from mailgate_common.batching import Batcher
+from mailgate_common.db import Database
 from mailgate_common.event_relay import EventRelay
 from mailgate_sender.claims import Claim
-from mailgate_sender.pg import DirectConnection
 
 log = logging.getLogger(__name__)
 
@@ -85,64 +86,38 @@ class Record:
 
 
 class Recorder:
-    def __init__(self, conn: DirectConnection, relay: EventRelay, retry_for: float, max_batch: int = 500) -> None:
-        self._conn = conn
+    def __init__(self, db: Database, relay: EventRelay, retry_for: float, max_batch: int = 500) -> None:
+        self._db = db
         self._relay = relay
         # A write that fails (database restarting) is retried while the claims are
         # still ours; the statement is guarded by the claim token, so a retry after
         # a commit whose answer was lost changes nothing.
         self._retry_for = retry_for
-        self._max_batch = max_batch
-        self._queue: list[tuple[Record, asyncio.Future[bool]]] = []
-        self._more = asyncio.Event()
+        self._batches: Batcher[Record, bool] = Batcher("outcomes", self._write_and_publish, max_batch,
+                                                         split_on_failure=False)
         self._publishing: set[asyncio.Task[None]] = set()
         self._unpublished = 0  # events committed and not yet confirmed by the broker
 
     async def record(self, record: Record) -> bool:
         """Write ``record`` with the next batch; False if its claim was lost meanwhile."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append((record, future))
-        self._more.set()
-        return await future
+        return await self._batches.submit(record)
 
-    async def run(self) -> None:
-        while True:
-            if not self._queue:
-                self._more.clear()
-                await self._more.wait()
-            while self._unpublished > MAX_UNPUBLISHED and self._publishing:
-                # The broker is behind: sending on would only grow a backlog that the
-                # relay loop would find "stale" and publish a second time.
-                await asyncio.wait(set(self._publishing), return_when=asyncio.FIRST_COMPLETED)
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
-            try:
-                kept = await self._write(batch)
-            except asyncio.CancelledError:
-                for _, future in batch:
-                    future.cancel()
-                raise
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            groups: list[tuple[events.Event, ...]] = []
-            for record, future in batch:
-                ok = record.claim.queue_id in kept
-                if ok and record.events:
-                    groups.append(record.events)
-                if not future.done():
-                    future.set_result(ok)
-            if groups:
-                count = sum(len(group) for group in groups)
-                self._unpublished += count
-                task = asyncio.create_task(self._publish(groups, count))
-                self._publishing.add(task)
-                task.add_done_callback(self._publishing.discard)
+    async def _write_and_publish(self, records: list[Record]) -> list[bool]:
+        while self._unpublished > MAX_UNPUBLISHED and self._publishing:
+            # The broker is behind: sending on would only grow a backlog that the
+            # relay loop would find "stale" and publish a second time.
+            await asyncio.wait(set(self._publishing), return_when=asyncio.FIRST_COMPLETED)
+        kept = await self._write(records)
+        groups = [r.events for r in records if r.claim.queue_id in kept and r.events]
+        if groups:
+            count = sum(len(group) for group in groups)
+            self._unpublished += count
+            task = asyncio.create_task(self._publish(groups, count))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
+        return [r.claim.queue_id in kept for r in records]
 
-    async def _write(self, batch: list[tuple[Record, asyncio.Future[bool]]]) -> set[str]:
-        records = [r for r, _ in batch]
+    async def _write(self, records: list[Record]) -> set[str]:
         columns: list[list[object]] = [[] for _ in range(15)]
         for r in records:
             for column, value in zip(columns, (
@@ -161,7 +136,7 @@ class Recorder:
         deadline = time.monotonic() + self._retry_for
         while True:
             try:
-                async with self._conn.connection() as conn:
+                async with self._db.statement_connection() as conn:
                     rows = await conn.fetch(RECORD_SQL, *columns, *staged)
                 return {row[0] for row in rows}
             except Exception as exc:
@@ -182,8 +157,6 @@ class Recorder:
     async def drain(self) -> None:
         """Wait until queued outcomes are written and their events published
         (callers bound the wait: whatever is left, the event relay publishes)."""
-        while self._queue or self._publishing:
-            if self._publishing:
-                await asyncio.wait(set(self._publishing))
-            else:
-                await asyncio.sleep(0.01)
+        await self._batches.drain()
+        while self._publishing:
+            await asyncio.wait(set(self._publishing))

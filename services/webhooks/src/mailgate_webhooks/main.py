@@ -1,7 +1,7 @@
 """mailgate-webhooks: stores a delivery for every subscribed event, then POSTs it.
 
 Events arrive from RabbitMQ and are acked once their deliveries are stored
-(many events per transaction, see batching.py); attempts and retries run from
+(many events per transaction, see mailgate_common.batching); attempts and retries run from
 the database, so a crash or a long outage of a subscriber loses nothing.
 """
 
@@ -18,12 +18,12 @@ from typing import Any
 from opentelemetry import context as otel_context
 
 from mailgate_common import events, topology
+from mailgate_common.batching import Batcher
 from mailgate_common.bus import Bus
 from mailgate_common.db import Database
 from mailgate_common.runtime import run
 from mailgate_common.settings import Settings, load_settings_or_exit
 from mailgate_webhooks import maintenance
-from mailgate_webhooks.batching import Batcher
 from mailgate_webhooks.dispatch import Dispatcher, Job, Outcome
 from mailgate_webhooks.lanes import Lanes
 from mailgate_webhooks.recorder import Recorder

@@ -21,10 +21,14 @@ R = TypeVar("R")
 
 
 class Batcher(Generic[T, R]):
-    def __init__(self, name: str, write: Callable[[list[T]], Awaitable[list[R]]], max_batch: int) -> None:
+    def __init__(self, name: str, write: Callable[[list[T]], Awaitable[list[R]]], max_batch: int,
+                 *, split_on_failure: bool = True) -> None:
         self.name = name
         self.write = write
         self.max_batch = max_batch
+        # Retry a failed batch item by item, so one bad item cannot fail the others
+        # (off where failures are outages, which ``write`` already retries).
+        self.split_on_failure = split_on_failure
         self.waiting: list[tuple[T, asyncio.Future[R]]] = []
         self.writer: asyncio.Task[None] | None = None
 
@@ -48,9 +52,10 @@ class Batcher(Generic[T, R]):
                 future.cancel()
             raise
         except Exception as exc:
-            if len(batch) == 1:
-                if not batch[0][1].done():
-                    batch[0][1].set_exception(exc)
+            if len(batch) == 1 or not self.split_on_failure:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
                 return
             # One bad item must not fail the others: write them one by one.
             log.warning("%s batch of %d failed (%r); writing one by one", self.name, len(batch), exc)
