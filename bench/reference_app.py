@@ -40,7 +40,9 @@ async def durable_submit(account: str, data: SubmitRequest) -> dict[str, str]:
 async def lifespan(_: Litestar) -> AsyncIterator[None]:
     global pool
     pool = await asyncpg.create_pool(os.environ["DATABASE_URL"], min_size=5, max_size=20)
-    async with pool.acquire() as connection:
+    async with pool.acquire() as connection, connection.transaction():
+        # Every worker runs this; IF NOT EXISTS alone races between them.
+        await connection.execute("SELECT pg_advisory_xact_lock(42)")
         await connection.execute("CREATE TABLE IF NOT EXISTS bench_reference (id bigserial primary key, body bytea)")
     yield
     await pool.close()

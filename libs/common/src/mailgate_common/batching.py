@@ -22,13 +22,17 @@ R = TypeVar("R")
 
 class Batcher(Generic[T, R]):
     def __init__(self, name: str, write: Callable[[list[T]], Awaitable[list[R]]], max_batch: int,
-                 *, split_on_failure: bool = True) -> None:
+                 *, split_on_failure: bool = True,
+                 unsplittable: tuple[type[BaseException], ...] = ()) -> None:
         self.name = name
         self.write = write
         self.max_batch = max_batch
         # Retry a failed batch item by item, so one bad item cannot fail the others
         # (off where failures are outages, which ``write`` already retries).
         self.split_on_failure = split_on_failure
+        # Failures that would fail each item alike (the database is away): answer
+        # every caller at once instead of retrying item by item.
+        self.unsplittable = unsplittable
         self.waiting: list[tuple[T, asyncio.Future[R]]] = []
         self.writer: asyncio.Task[None] | None = None
 
@@ -52,7 +56,7 @@ class Batcher(Generic[T, R]):
                 future.cancel()
             raise
         except Exception as exc:
-            if len(batch) == 1 or not self.split_on_failure:
+            if len(batch) == 1 or not self.split_on_failure or isinstance(exc, self.unsplittable):
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
+import msgspec
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +24,10 @@ from mailgate_common.db import Database
 from mailgate_common.db.models import PendingEvent
 
 log = logging.getLogger(__name__)
+
+# Bounds one merged wake-up's size (about 60 bytes per message it stands for).
+MAX_MERGED_HINTS = 500
+HINT_FLUSH_TIMEOUT = 5.0
 
 
 def stage(session: AsyncSession, *staged: events.Event) -> None:
@@ -41,14 +46,36 @@ class EventRelay:
         # tick instead of one transaction per event.
         self._published: set[str] = set()
         self._in_flight: set[str] = set()
+        self._hints: list[events.SubmissionQueued] = []
+        self._hint_writer: asyncio.Task[None] | None = None
 
-    async def publish_hint(self, event: events.Event) -> None:
-        """Publish an event the database can do without (the row it describes is
-        found again by polling), so losing it costs latency, never data."""
-        try:
-            await self._bus.publish(event, confirm=False)
-        except Exception as exc:
-            log.warning("could not publish %s (pollers will find the work): %r", event.routing_key, exc)
+    def publish_hint(self, event: events.SubmissionQueued) -> None:
+        """Publish a wake-up the database can do without (the row it describes is
+        found again by polling), so losing it costs latency, never data.
+
+        Returns at once: nobody waits for a hint.  Hints asked for while one is
+        being written are merged into the next (``SubmissionQueued.also``), so a
+        burst of submits costs a few publishes instead of one each."""
+        self._hints.append(event)
+        if self._hint_writer is None or self._hint_writer.done():
+            self._hint_writer = asyncio.create_task(self._publish_hints())
+
+    async def _publish_hints(self) -> None:
+        while self._hints:
+            batch, self._hints = self._hints[:MAX_MERGED_HINTS], self._hints[MAX_MERGED_HINTS:]
+            first = batch[0]
+            merged = msgspec.structs.replace(
+                first, also={e.queue_id: e.traceparent or "" for e in batch[1:]}
+            ) if len(batch) > 1 else first
+            try:
+                await self._bus.publish(merged, confirm=False)
+            except Exception as exc:
+                log.warning("could not publish %s (pollers will find the work): %r", first.routing_key, exc)
+
+    async def flush_hints(self) -> None:
+        """Let the hints asked for so far go out (at shutdown; at most a few seconds)."""
+        if self._hint_writer is not None and not self._hint_writer.done():
+            await asyncio.wait({self._hint_writer}, timeout=HINT_FLUSH_TIMEOUT)
 
     async def publish_committed(self, committed: Sequence[events.Event]) -> None:
         """Publish events whose transaction committed, all confirms in flight at once;
@@ -114,6 +141,7 @@ class EventRelay:
                     while await self.relay_once() > 0:
                         pass
             except asyncio.CancelledError:
+                await self.flush_hints()
                 await self.forget_published()
                 raise
             except Exception as exc:

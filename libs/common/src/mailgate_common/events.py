@@ -73,9 +73,19 @@ class Event(msgspec.Struct, kw_only=True, frozen=True, tag_field="type"):
 
 
 class SubmissionQueued(Event, kw_only=True, frozen=True, tag="submission.queued"):
+    """The sender's wake-up call: a message is due now.  Under load one event
+    stands for many: ``also`` holds the queue ids of the messages queued while
+    the previous wake-up was on its way, with their trace context ("" if none)."""
+
     queue_id: str
     message_id: str
     send_at: datetime
+    also: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def traces(self) -> dict[str, str]:
+        """Queue id -> trace context of every message this wake-up stands for."""
+        own = {self.queue_id: self.traceparent} if self.traceparent else {}
+        return own | {queue_id: tp for queue_id, tp in self.also.items() if tp}
 
 
 class AccountChanged(Event, kw_only=True, frozen=True, tag="account.changed"):

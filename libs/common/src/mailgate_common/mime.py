@@ -83,19 +83,23 @@ def normalize_address(field_name: str, address: str) -> str:
     """Validate an addr-spec; IDN domains become punycode (local parts stay UTF-8)."""
     address = _check_value(field_name, address.strip())
     local, sep, domain = address.rpartition("@")
-    invalid = InvalidMessage(field_name, f"{address!r} is not a valid email address")
     if not sep or not local or not domain or len(address) > 320:
-        raise invalid
+        raise _invalid_address(field_name, address)
     if not (LOCAL_PART.fullmatch(local) or QUOTED_LOCAL_PART.fullmatch(local)) or len(local) > 64:
-        raise invalid
+        raise _invalid_address(field_name, address)
     if domain.startswith("[") and domain.endswith("]"):
         return address
     if "." not in domain and domain != "localhost":
         raise InvalidMessage(field_name, f"{address!r} has no valid domain")
-    domain = _domain_ascii(domain)
+    if not domain.isascii():
+        domain = _domain_ascii(domain)
     if not all(DOMAIN_LABEL.fullmatch(label) for label in domain.split(".")):
-        raise invalid
+        raise _invalid_address(field_name, address)
     return f"{local}@{domain}"
+
+
+def _invalid_address(field_name: str, address: str) -> InvalidMessage:
+    return InvalidMessage(field_name, f"{address!r} is not a valid email address")
 
 
 def _header_address(field_name: str, addr: Address) -> tuple[str, str]:

@@ -1,6 +1,6 @@
 """Putting a message into the outbox: the one queuing path for every door.
 
-``enqueue`` commits the outbox row and only then returns, so a caller that
+``Outbox.enqueue`` commits the outbox row and only then returns, so a caller that
 answers "queued" after it never lies.  The ``submission.queued`` event that
 follows is only a wake-up call for the sender: the sender's poller finds every
 due row by itself, so the event needs no transactional outbox.  An idempotency
@@ -21,8 +21,10 @@ import asyncpg
 from prometheus_client import Counter
 
 from mailgate_common import events, suppression
+from mailgate_common.batching import Batcher
 from mailgate_common.db import Database
 from mailgate_common.db.models import Account
+from mailgate_common.db.session import CONNECTION_ERRORS
 from mailgate_common.event_relay import EventRelay
 from mailgate_common.lifecycle import QUEUED
 
@@ -93,8 +95,9 @@ class AccountCannotSend(Exception):
     """The account has no SMTP settings to send with."""
 
 
-# One statement, so one round trip and its own commit; the checks guard the insert,
-# so a bounce recorded or an account changed meanwhile cannot slip between them.
+# One statement per message (many share a round trip and a commit); the checks
+# guard the insert, so a bounce recorded or an account changed meanwhile cannot
+# slip between them.
 _INSERT = """
 INSERT INTO outbox (id, account_id, source, message_id, envelope_from, envelope_to, subject, raw,
                     state, send_at, next_attempt_at, max_attempts, idempotency_key, request_hash,
@@ -125,47 +128,71 @@ async def sending_account(db: Database, account_id: str) -> Account | None:
     return Account(id=row["id"], name=row["name"], email=row["email"], smtp=row["smtp"])
 
 
-async def enqueue(db: Database, relay: EventRelay, msg: NewMessage) -> Queued:
-    """Commit the message to the outbox, then wake a sender; raises :class:`UnknownAccount`,
-    :class:`AccountCannotSend`, :class:`RecipientsSuppressed`, :class:`IdempotencyConflict`."""
-    request_hash = fingerprint(msg.request_fingerprint) if msg.request_fingerprint else None
-    if msg.idempotency_key:
-        existing = await _find_idempotent(db, msg, request_hash)
-        if existing is not None:
-            SUBMISSIONS.labels(msg.source, "replayed").inc()
-            return existing
-    queue_id = new_queue_id()
-    try:
-        async with db.statement_connection() as conn:
-            inserted = await conn.fetchval(
-                _INSERT, queue_id, msg.account_id, msg.source, msg.message_id, msg.envelope_from,
+class Outbox:
+    """One process's door to the outbox table: ``enqueue`` from REST or SMTP.
+
+    Concurrent enqueues share one round trip and one commit (see batching.py):
+    under load a submit's cost is mostly that round trip, and the WAL flush
+    behind each commit is the slowest thing a durable submit waits for.
+    """
+
+    def __init__(self, db: Database, relay: EventRelay, max_batch: int = 100) -> None:
+        self.db = db
+        self.relay = relay
+        self._inserts: Batcher[tuple[Any, ...], bool] = Batcher(
+            "outbox", self._insert_many, max_batch, unsplittable=CONNECTION_ERRORS
+        )
+
+    async def enqueue(self, msg: NewMessage) -> Queued:
+        """Commit the message to the outbox, then wake a sender; raises :class:`UnknownAccount`,
+        :class:`AccountCannotSend`, :class:`RecipientsSuppressed`, :class:`IdempotencyConflict`."""
+        request_hash = fingerprint(msg.request_fingerprint) if msg.request_fingerprint else None
+        if msg.idempotency_key:
+            existing = await _find_idempotent(self.db, msg, request_hash)
+            if existing is not None:
+                SUBMISSIONS.labels(msg.source, "replayed").inc()
+                return existing
+        queue_id = new_queue_id()
+        try:
+            inserted = await self._inserts.submit((
+                queue_id, msg.account_id, msg.source, msg.message_id, msg.envelope_from,
                 msg.envelope_to, msg.subject, msg.raw, QUEUED, msg.send_at, msg.max_attempts,
                 msg.idempotency_key, request_hash,
                 json.dumps(msg.reference) if msg.reference is not None else None, msg.copy,
                 [suppression.normalize(a) for a in msg.envelope_to],
-            )
-    except asyncpg.ForeignKeyViolationError as exc:
-        raise UnknownAccount(msg.account_id) from exc
-    except asyncpg.UniqueViolationError:
-        # Two submits with one key raced; the loser answers what the winner stored.
-        if msg.idempotency_key:
-            existing = await _find_idempotent(db, msg, request_hash)
-            if existing is not None:
-                return existing
-        raise
-    if inserted is None:
-        await _explain_refusal(db, msg)
-        # Nothing is wrong any more (an entry was removed meanwhile): try again.
-        return await enqueue(db, relay, msg)
-    SUBMISSIONS.labels(msg.source, "queued").inc()
-    await relay.publish_hint(events.SubmissionQueued(
-        account=msg.account_id,
-        queue_id=queue_id,
-        message_id=msg.message_id,
-        send_at=msg.send_at,
-        traceparent=msg.traceparent,
-    ))
-    return Queued(queue_id=queue_id, message_id=msg.message_id, send_at=msg.send_at)
+            ))
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise UnknownAccount(msg.account_id) from exc
+        except asyncpg.UniqueViolationError:
+            # Two submits with one key raced; the loser answers what the winner stored.
+            if msg.idempotency_key:
+                existing = await _find_idempotent(self.db, msg, request_hash)
+                if existing is not None:
+                    return existing
+            raise
+        if not inserted:
+            await _explain_refusal(self.db, msg)
+            # Nothing is wrong any more (an entry was removed meanwhile): try again.
+            return await self.enqueue(msg)
+        SUBMISSIONS.labels(msg.source, "queued").inc()
+        if msg.send_at <= events.utcnow():
+            # Scheduled messages need no wake-up: the sender's poller finds them when due.
+            self.relay.publish_hint(events.SubmissionQueued(
+                account=msg.account_id,
+                queue_id=queue_id,
+                message_id=msg.message_id,
+                send_at=msg.send_at,
+                traceparent=msg.traceparent,
+            ))
+        return Queued(queue_id=queue_id, message_id=msg.message_id, send_at=msg.send_at)
+
+    async def _insert_many(self, rows: list[tuple[Any, ...]]) -> list[bool]:
+        """Run the guarded insert for each row in one pipelined, atomic round trip;
+        a row is False where its guard held it back."""
+        async with self.db.statement_connection() as conn:
+            returned = await conn.fetchmany(_INSERT, rows)
+        inserted = {row["id"] for row in returned}
+        return [row[0] in inserted for row in rows]
 
 
 async def _explain_refusal(db: Database, msg: NewMessage) -> None:

@@ -130,6 +130,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     smtp_default_account: str | None = None
     # Wait before each AUTH from an address with recent failures: this, doubled per failure.
     smtp_auth_failure_delay: PositiveFloat = 0.5
+    # Share the SMTP port with other ingress processes on this host (SO_REUSEPORT):
+    # one Python process uses one core, and the kernel spreads connections among
+    # them.  Off by default, so a second copy started by mistake fails to bind.
+    smtp_reuse_port: bool = False
 
 
 class SettingsError(ValueError):

@@ -2,7 +2,7 @@
 
 An entry belongs to one account, or (account_id None) to every account.  Hard
 bounces and complaints add entries; people add and remove them through the API.
-Every door that accepts mail asks ``suppressed()`` before queueing: REST submit
+Every door that accepts mail asks ``suppressed()`` (or ``Lookups``) before queueing: REST submit
 answers 422 (or drops the recipients), SMTP answers ``550 5.7.1`` at RCPT.
 
 Addresses are compared lower-cased: mailbox local parts are case-sensitive in
@@ -22,8 +22,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailgate_common.batching import Batcher
 from mailgate_common.db import Database
 from mailgate_common.db.models import Suppression
+from mailgate_common.db.session import CONNECTION_ERRORS
 
 Source = Literal["bounce", "complaint", "manual"]
 SOURCES: tuple[Source, ...] = ("bounce", "complaint", "manual")
@@ -56,25 +58,53 @@ _SUPPRESSED = """
 SELECT address, reason, account_id FROM suppressions
 WHERE address = ANY($1::text[]) AND (account_id IS NULL OR account_id = $2::text)
 """
+_SUPPRESSED_ANY_ACCOUNT = "SELECT address, reason, account_id FROM suppressions WHERE address = ANY($1::text[])"
 
 
 async def suppressed(db: Database, account_id: str | None, addresses: Iterable[str]) -> dict[str, str]:
     """{address as given: reason} for each address suppressed for this account or globally.
 
     An account's own entry wins over a global one (its reason is the more specific).
-    One prepared statement outside any transaction: SMTP asks this at every RCPT.
     """
-    wanted: dict[str, builtins.list[str]] = {}
-    for address in addresses:
-        wanted.setdefault(normalize(address), []).append(address)
+    wanted = builtins.list(addresses)
     if not wanted:
         return {}
     async with db.statement_connection() as conn:
-        rows = await conn.fetch(_SUPPRESSED, builtins.list(wanted), account_id)
+        rows = await conn.fetch(_SUPPRESSED, builtins.list({normalize(a) for a in wanted}), account_id)
+    return _matches(rows, account_id, wanted)
+
+
+class Lookups:
+    """``suppressed()`` for many concurrent callers in one query each round: SMTP
+    asks at every RCPT, and under load the round trip is most of the cost."""
+
+    def __init__(self, db: Database, max_batch: int = 200) -> None:
+        self.db = db
+        self._batches: Batcher[tuple[str | None, builtins.list[str]], dict[str, str]] = Batcher(
+            "suppression lookups", self._lookup_many, max_batch, unsplittable=CONNECTION_ERRORS
+        )
+
+    async def suppressed(self, account_id: str | None, addresses: Iterable[str]) -> dict[str, str]:
+        """As the module's ``suppressed()``."""
+        wanted = builtins.list(addresses)
+        return await self._batches.submit((account_id, wanted)) if wanted else {}
+
+    async def _lookup_many(
+        self, asks: builtins.list[tuple[str | None, builtins.list[str]]]
+    ) -> builtins.list[dict[str, str]]:
+        keys = {normalize(address) for _, addresses in asks for address in addresses}
+        async with self.db.statement_connection() as conn:
+            rows = await conn.fetch(_SUPPRESSED_ANY_ACCOUNT, builtins.list(keys))
+        return [_matches(rows, account_id, addresses) for account_id, addresses in asks]
+
+
+def _matches(rows: Iterable[Any], account_id: str | None, addresses: builtins.list[str]) -> dict[str, str]:
     found: dict[str, str] = {}
+    # Account rows sort last and overwrite global ones; other accounts' rows don't count.
     for row in sorted(rows, key=lambda r: r["account_id"] is not None):
-        found[row["address"]] = row["reason"]  # account rows sort last and overwrite global ones
-    return {given: found[key] for key, spellings in wanted.items() if key in found for given in spellings}
+        if row["account_id"] is None or row["account_id"] == account_id:
+            found[row["address"]] = row["reason"]
+    return {given: found[key] for given in addresses if (key := normalize(given)) in found}
 
 
 async def add(

@@ -29,6 +29,7 @@ from mailgate_common.bus import Bus
 from mailgate_common.crypto import Sealer
 from mailgate_common.db import Database
 from mailgate_common.event_relay import EventRelay
+from mailgate_common.outbox import Outbox
 from mailgate_common.settings import Settings
 
 log = logging.getLogger("mailgate.api")
@@ -47,25 +48,30 @@ async def _connect_bus(bus: Bus) -> None:
 
 
 def create_app(settings: Settings) -> Litestar:
+    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    bus = Bus(settings.amqp_url)
+    relay = EventRelay(db, bus)
     resources = Resources(
         settings=settings,
-        db=Database(settings.database_url, pool_size=settings.db_pool_size),
-        bus=Bus(settings.amqp_url),
-        relay=None,  # type: ignore[arg-type]
+        db=db,
+        bus=bus,
+        relay=relay,
+        outbox=Outbox(db, relay),
         sealer=Sealer.from_settings(settings.secret, settings.secret_previous),
     )
-    resources.relay = EventRelay(resources.db, resources.bus)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         connecting = asyncio.create_task(_connect_bus(resources.bus))
-        relay = asyncio.create_task(resources.relay.run())
+        relaying = asyncio.create_task(relay.run())
         malloc.trim()
         try:
             yield
         finally:
             connecting.cancel()
-            relay.cancel()
+            relaying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relaying  # it sends the last wake-ups before the bus closes
             await resources.bus.close()
             await resources.db.dispose()
 

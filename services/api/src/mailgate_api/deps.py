@@ -8,6 +8,7 @@ from mailgate_common.bus import Bus
 from mailgate_common.crypto import Sealer
 from mailgate_common.db import Database
 from mailgate_common.event_relay import EventRelay
+from mailgate_common.outbox import Outbox
 from mailgate_common.settings import Settings
 
 
@@ -17,4 +18,5 @@ class Resources:
     db: Database
     bus: Bus
     relay: EventRelay
+    outbox: Outbox
     sealer: Sealer

@@ -22,14 +22,13 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetup
 
 from mailgate_common import events, suppression
 from mailgate_common.db import Database
-from mailgate_common.event_relay import EventRelay
 from mailgate_common.mime import InvalidMessage, normalize_address
 from mailgate_common.outbox import (
     AccountCannotSend,
     NewMessage,
+    Outbox,
     RecipientsSuppressed,
     UnknownAccount,
-    enqueue,
 )
 from mailgate_common.settings import Settings
 from mailgate_common.telemetry import current_traceparent
@@ -81,11 +80,12 @@ def envelope_address(field: str, address: str) -> str:
 
 
 class IngressHandler:
-    def __init__(self, policy: Policy, db: Database, relay: EventRelay,
+    def __init__(self, policy: Policy, db: Database, outbox: Outbox,
                  authenticator: Authenticator, throttle: FailureThrottle | None = None) -> None:
         self.policy = policy
         self.db = db
-        self.relay = relay
+        self.outbox = outbox
+        self.suppressions = suppression.Lookups(db)
         self.authenticator = authenticator
         self.throttle = throttle or FailureThrottle(base=policy.auth_failure_delay)
         self._queuing: set[asyncio.Task[str]] = set()
@@ -210,7 +210,7 @@ class IngressHandler:
         # global list now and the account's own list in _queue.
         account = identity.account if isinstance(identity, Identity) else None
         try:
-            if await suppression.suppressed(self.db, account, [normalized]):
+            if await self.suppressions.suppressed(account, [normalized]):
                 return replies.suppressed(normalized)
         except Exception as exc:
             log.warning("suppression check failed: %r", exc)
@@ -252,7 +252,7 @@ class IngressHandler:
         try:
             while True:
                 try:
-                    queued = await enqueue(self.db, self.relay, message)
+                    queued = await self.outbox.enqueue(message)
                     break
                 except RecipientsSuppressed as exc:
                     # Like REST's skipSuppressed: the others still get the message.

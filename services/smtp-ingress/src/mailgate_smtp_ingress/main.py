@@ -2,7 +2,7 @@
 
 Configuration (MAILGATE_*): SMTP_HOST/SMTP_PORT (127.0.0.1:2525), SMTP_AUTH,
 SMTP_ALLOW_PLAINTEXT_AUTH, SMTP_TLS_CERT/SMTP_TLS_KEY, SMTP_PROXY_PROTOCOL,
-SMTP_HOSTNAME, SMTP_AUTH_FAILURE_DELAY, MAX_MESSAGE_SIZE; health and metrics on
+SMTP_HOSTNAME, SMTP_AUTH_FAILURE_DELAY, SMTP_REUSE_PORT, MAX_MESSAGE_SIZE; health and metrics on
 HEALTH_PORT (9104).
 """
 
@@ -15,6 +15,7 @@ import logging
 from mailgate_common.bus import Bus
 from mailgate_common.db import Database
 from mailgate_common.event_relay import EventRelay
+from mailgate_common.outbox import Outbox
 from mailgate_common.runtime import run
 from mailgate_common.settings import Settings, load_settings_or_exit
 from mailgate_smtp_ingress.auth import Authenticator
@@ -31,7 +32,7 @@ class SmtpIngressService:
         self.bus = Bus(settings.amqp_url)
         self.relay = EventRelay(self.db, self.bus)
         handler = IngressHandler(
-            Policy.from_settings(settings), self.db, self.relay,
+            Policy.from_settings(settings), self.db, Outbox(self.db, self.relay),
             Authenticator(self.db, settings.admin_token),
         )
         self.smtp = SmtpServer(settings, handler)

@@ -17,7 +17,6 @@ from mailgate_common.outbox import (
     IdempotencyConflict,
     RecipientsSuppressed,
     UnknownAccount,
-    enqueue,
     sending_account,
 )
 from mailgate_common.submission import SubmitRequest
@@ -63,7 +62,7 @@ async def submit(
     new.traceparent = current_traceparent()
     while True:
         try:
-            queued = await enqueue(res.db, res.relay, new)
+            queued = await res.outbox.enqueue(new)
             break
         except RecipientsSuppressed as exc:
             screen(new, exc.blocked, data.skip_suppressed)  # raises unless some recipients remain
