@@ -58,3 +58,12 @@ def test_malformed_urls_are_refused_even_when_private_is_allowed(url: str, messa
 def test_an_unresolvable_host_is_refused() -> None:
     with pytest.raises(urls.UnsafeUrl, match="does not resolve"):
         asyncio.run(urls.check_url("http://no-such-host.invalid/hooks", allow_private=False))
+
+
+def test_webhooks_go_through_the_operators_proxy_except_for_no_proxy_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailgate_webhooks import dispatch
+
+    monkeypatch.setattr(dispatch, "_PROXIES", {"https": "http://proxy.internal:3128", "no": "hooks.internal"})
+    assert dispatch._proxy_for("https://hooks.example.com/in") == "http://proxy.internal:3128"
+    assert dispatch._proxy_for("https://hooks.internal/in") is None
+    assert dispatch._proxy_for("http://hooks.example.com/in") is None  # no HTTP_PROXY set
