@@ -340,9 +340,20 @@ class PreparedRaw:
     raw: bytes
     message_id: str
     subject: str | None
-    header_from: str | None
-    header_recipients: list[str]
     removed_headers: dict[str, str]
+    headers: Message
+
+    @property
+    def header_from(self) -> str | None:
+        """The From header's address (parsed on demand: SMTP never asks)."""
+        found = getaddresses([_unicode(self.headers.get("From", ""))])
+        return found[0][1] if found and found[0][1] else None
+
+    @property
+    def header_recipients(self) -> list[str]:
+        """To, Cc and Bcc addresses, for a raw submit without an envelope."""
+        values = [_unicode(v) for key in ("To", "Cc", "Bcc") for v in self.headers.get_all(key, [])]
+        return [addr for _, addr in getaddresses(values) if addr]
 
 
 def split_header_block(raw: bytes) -> tuple[bytes, bytes]:
@@ -423,18 +434,11 @@ def prepare_raw(
     out = b"".join(added + kept)
     if eol == b"\n":
         out = out.replace(b"\r\n", b"\n")
-    recipients = [
-        addr for _, addr in getaddresses(
-            [_unicode(v) for key in ("To", "Cc", "Bcc") for v in headers.get_all(key, [])]
-        ) if addr
-    ]
-    from_header = getaddresses([_unicode(headers.get("From", ""))])
     subject = headers.get("Subject")
     return PreparedRaw(
         raw=out + (body if body.startswith((b"\r\n", b"\n")) else eol + body),
         message_id=message_id,
         subject=_decoded(subject) if subject is not None else None,
-        header_from=from_header[0][1] if from_header and from_header[0][1] else None,
-        header_recipients=recipients,
         removed_headers=removed,
+        headers=headers,
     )

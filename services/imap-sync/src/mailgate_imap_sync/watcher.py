@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from typing import Any
 
@@ -56,20 +55,6 @@ async def account_settings(db: Database, sealer: Sealer, account: str) -> dict[s
         return None
     secret = sealer.open(row.credentials).get("imap") if row.credentials else None
     return with_secret(row.imap, secret)
-
-
-_CHANGE = re.compile(rb"^(\* )?(\d+ (EXISTS|EXPUNGE|FETCH|RECENT)|VANISHED)", re.IGNORECASE)
-
-
-def _is_change(push: Any) -> bool:
-    """Whether an IDLE push reports a mailbox change.
-
-    Dovecot sends ``* OK Still here`` every 2 minutes; taken as a change, every
-    account resynced every 2 minutes - all at the same moment after they
-    connected together, which swamped the database pool.  aioimaplib's restart
-    marker (a string) is no change either: IDLE is simply re-issued.
-    """
-    return isinstance(push, list) and any(_CHANGE.match(bytes(line)) for line in push)
 
 
 class Watcher:
@@ -126,46 +111,41 @@ class Watcher:
         pool times out, and hammer the server with logins; bounded they come up
         at the rate the database and the server sustain.  IDLE runs outside it.
         """
-        opening = True
-        await self.opening.acquire()
+        connection: Connection | None = None
         try:
-            await set_state(self.db, self.relay, self.account, "connecting")
-            try:
+            async with self.opening:
+                await set_state(self.db, self.relay, self.account, "connecting")
                 connection = await connect(imap, self.settings.imap_timeout)
-            except AuthError as exc:
-                log.warning("%s: login rejected: %s", self.account, exc)
-                await set_state(self.db, self.relay, self.account, "authenticationError", str(exc))
-                return self.settings.imap_auth_retry
-            except ImapError as exc:
+                spec = folders.watch_spec(imap)
+                # Logged in: the settings (with the password) are not needed any more, and
+                # would otherwise stay referenced by this frame for the connection's life.
+                imap.clear()
+                inbox = await self._open(connection, spec)
+            await self._watch(connection, spec, inbox)
+            return 0.0
+        except AuthError as exc:
+            log.warning("%s: login rejected: %s", self.account, exc)
+            await set_state(self.db, self.relay, self.account, "authenticationError", str(exc))
+            return self.settings.imap_auth_retry
+        except (ImapError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            if connection is None:
                 log.warning("%s: cannot connect: %s", self.account, exc)
                 await set_state(self.db, self.relay, self.account, "connectError", str(exc))
-                return self._backoff()
-            spec = folders.watch_spec(imap)
-            # Logged in: the settings (with the password) are not needed any more, and
-            # would otherwise stay referenced by this frame for the connection's life.
-            imap.clear()
-            try:
-                inbox = await self._open(connection, spec)
-                self.opening.release()
-                opening = False
-                await self._watch(connection, spec, inbox)
-                return 0.0
-            except (ImapError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            else:
                 log.warning("%s: connection failed: %r", self.account, exc)
                 await set_state(self.db, self.relay, self.account, "disconnected", str(exc) or repr(exc))
-                return self._backoff()
-            except Exception as exc:
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                log.exception("%s: sync crashed", self.account)
-                await set_state(self.db, self.relay, self.account, "disconnected", repr(exc))
-                return self._backoff()
-            finally:
+            return self._backoff()
+        except Exception as exc:
+            if connection is None:
+                # Not connected yet: the database (see ``run``).
+                raise
+            log.exception("%s: sync crashed", self.account)
+            await set_state(self.db, self.relay, self.account, "disconnected", repr(exc))
+            return self._backoff()
+        finally:
+            if connection is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(connection.close())
-        finally:
-            if opening:
-                self.opening.release()
 
     def _backoff(self) -> float:
         self.failures += 1
@@ -182,6 +162,9 @@ class Watcher:
         if spec:
             # Before "connected" too, so the same promise holds for these folders.
             await self._poll_folders(connection, spec, relist=False)
+        else:
+            # Only needed to poll other folders: not kept for the connection's life.
+            self.listed = []
         inbox = FolderIndex(self.db, self.account, "INBOX")
         await self._sync(connection, inbox)
         # Only now: mail arriving after "connected" is guaranteed to be announced.
@@ -193,7 +176,7 @@ class Watcher:
         idle = "IDLE" in connection.capabilities
         next_poll = time.monotonic() + self.settings.imap_folder_poll
         while True:
-            if connection.lost.is_set():
+            if connection.lost:
                 raise ConnectError("connection lost")
             until_poll = max(0.0, next_poll - time.monotonic()) if spec else None
             if idle:
@@ -265,35 +248,8 @@ class Watcher:
         renew or ``until`` seconds passed; True when the server reported something."""
         if until is not None and until <= 0:
             return False
-        client = connection.client
-        idle_task = await client.idle_start(timeout=self.settings.imap_idle_restart)
-        pushed = False
-        try:
-            # One plain await on the push queue, no helper tasks: with thousands of
-            # accounts this is where each one spends its life.  A lost connection
-            # posts to the same queue (see ``client.connect``), and aioimaplib posts
-            # a stop marker after ``imap_idle_restart``; the timeout is a backstop.
-            async with asyncio.timeout(self.settings.imap_idle_restart + 5 if until is None else until):
-                while not pushed:
-                    pushed = _is_change(await client.protocol.idle_queue.get()) or connection.lost.is_set()
-        except TimeoutError:
-            pass
-        except BaseException:
-            # Shutting down: the connection is closed next, no polite DONE.
-            idle_task.cancel()
-            raise
-        if connection.lost.is_set():
-            idle_task.cancel()
-            raise ConnectError("connection lost")
-        if pushed:
-            await asyncio.sleep(PUSH_SETTLE)
-        if client.has_pending_idle():
-            client.idle_done()
-        await asyncio.wait_for(idle_task, self.settings.imap_timeout)
-        # Pushes already queued are covered by the resync that follows.
-        while not client.protocol.idle_queue.empty():
-            pushed = _is_change(client.protocol.idle_queue.get_nowait()) or pushed
-        return pushed
+        restart = self.settings.imap_idle_restart
+        return await connection.idle(restart if until is None else min(until, restart), PUSH_SETTLE)
 
     async def _sync(self, connection: Connection, folder: FolderIndex) -> None:
         info = await connection.select(folder.path)
