@@ -85,3 +85,50 @@ def test_limits_are_validated(api: httpx.Client, smtp_sink: SmtpSink) -> None:
         "account": f"bad-{uuid.uuid4().hex[:6]}", "imap": False,
         "smtp": {"host": "127.0.0.1", "port": smtp_sink.port}, "limits": {"perMinute": 0}})
     assert response.status_code == 422 and response.json()["field"] == "limits.perMinute"
+
+
+def _in_state(api: httpx.Client, account: str, state: str) -> int:
+    response = api.get("/v1/outbox", params={"account": account, "state": state})
+    assert response.status_code == 200, response.text
+    total: int = response.json()["total"]
+    return total
+
+
+def test_connection_limited_backlog_leaves_other_accounts_at_full_speed(
+    api: httpx.Client, smtp_sink: SmtpSink, webhook_receiver: WebhookReceiver
+) -> None:
+    limited = _account(api, smtp_sink, {"connections": 1})
+    other = _account(api, smtp_sink)
+    tag = uuid.uuid4().hex[:6]
+    # A burst of more messages than the sender has SMTP exchanges at once (32), to a
+    # server that takes 2 s over each: some 80 s of work through its one connection.
+    backlog = [_submit(api, limited, f"slow-{tag}-{i}@example.org") for i in range(40)]
+    wait_for(lambda: _in_state(api, limited, "sending"), message="the backlog being worked")
+
+    quick = [f"quick-{tag}-{i}@example.org" for i in range(10)]
+    fast = [_submit(api, other, to) for to in quick]
+    in_progress: list[int] = []
+
+    def other_account_delivered() -> bool:
+        in_progress.append(_in_state(api, limited, "sending"))
+        return all(smtp_sink.to(to) for to in quick)
+
+    wait_for(other_account_delivered, timeout=30, message="the other account's messages")
+    delivered = sum(bool(smtp_sink.to(f"slow-{tag}-{i}@example.org")) for i in range(40))
+    assert delivered < len(backlog), "the other account waited for the whole backlog"
+    # The limited account's messages are taken one connection's worth at a time (one
+    # in its SMTP exchange, perhaps one more whose outcome is being written), the
+    # rest left queued rather than claimed to wait.
+    assert max(in_progress) <= 2
+    assert all(api.get(f"/v1/outbox/{q}").json()["state"] == "sent" for q in fast)
+
+    entries = [api.get(f"/v1/outbox/{q}").json() for q in backlog]
+    waiting = [e for e in entries if e["state"] == "queued"]
+    assert waiting, "the backlog is still being worked"
+    # Waiting for a connection is neither an attempt nor a failure.
+    assert all(e["attemptsMade"] == 0 and not e.get("lastError") for e in waiting)
+    assert all(e["state"] in ("queued", "sending", "sent") for e in entries)
+    for queue_id in backlog:
+        assert webhook_receiver.received("messageDeliveryError", queueId=queue_id) == []
+    for entry in waiting:  # no need to sit through the rest of the backlog
+        api.delete(f"/v1/outbox/{entry['queueId']}")

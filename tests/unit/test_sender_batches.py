@@ -76,14 +76,14 @@ def test_batch_claim_and_record_keep_the_lifecycle_guards(empty_stack: Stack) ->
         db = Database(empty_stack.database_url, pool_size=2)
         claimer = Claimer(db, 30)
 
-        claims = await claimer.claim(10)
+        claims = (await claimer.claim(10)).claims
         assert sorted(c.queue_id for c in claims) == sorted(ids)
-        assert await claimer.claim(10) == []  # claimed once, by one holder
+        assert (await claimer.claim(10)).claims == []  # claimed once, by one holder
 
         # A fresh message is left to its own wake-up by a settling poll, not by a woken one.
         [fresh] = await _queue(conn, account, 1, age=0)
-        assert await claimer.claim(10, settle=5) == []
-        assert [c.queue_id for c in await claimer.claim(10)] == [fresh]
+        assert (await claimer.claim(10, settle=5)).claims == []
+        assert [c.queue_id for c in (await claimer.claim(10)).claims] == [fresh]
 
         by_id = {c.queue_id: c for c in claims}
         sent, deferred, lost = (by_id[i] for i in ids)
@@ -115,6 +115,39 @@ def test_batch_claim_and_record_keep_the_lifecycle_guards(empty_stack: Stack) ->
         # Staged with the state change (the relay loop, not running here, clears published rows).
         staged = {r["routing_key"] for r in await conn.fetch("SELECT routing_key FROM pending_events")}
         assert staged == {"message.sent", "message.delivery_error"}
+        await conn.close()
+
+    asyncio.run(scenario())
+
+
+def test_claims_keep_each_account_within_its_free_connections(empty_stack: Stack) -> None:
+    async def scenario() -> None:
+        conn = await asyncpg.connect(empty_stack.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        limited, other = (f"acct-{uuid.uuid4().hex[:8]}" for _ in range(2))
+        await conn.execute("""INSERT INTO accounts (id, smtp, limits)
+                              VALUES ($1, '{}'::jsonb, '{"connections": 2}'::jsonb)""", limited)
+        await conn.execute("INSERT INTO accounts (id, smtp) VALUES ($1, '{}'::jsonb)", other)
+        # The limited account's backlog is older: first in line.
+        backlog = await _queue(conn, limited, 6, age=120)
+        others = await _queue(conn, other, 3, age=60)
+        db = Database(empty_stack.database_url, pool_size=2)
+        claimer = Claimer(db, 30)
+        try:
+            # First sight: the account's own limit caps the claim; the rest stays due.
+            first = await claimer.claim(6)
+            assert sorted(c.queue_id for c in first.claims) == sorted(backlog[:2]) and first.held_back == 4
+            # Its connections full here: passed over, so the other account's messages come next.
+            second = await claimer.claim(6, connections={limited: 2}, active={limited: 2})
+            assert sorted(c.queue_id for c in second.claims) == sorted(others)
+            # One connection free again: one more message, and no more.
+            third = await claimer.claim(6, connections={limited: 2}, active={limited: 1})
+            assert [c.queue_id for c in third.claims] == [backlog[2]]
+        finally:
+            await db.dispose()
+        states = dict(await conn.fetch("SELECT id, state FROM outbox WHERE id = ANY($1)", backlog))
+        assert [states[q] for q in backlog] == ["sending"] * 3 + ["queued"] * 3
+        held = await conn.fetch("SELECT attempts_made, claim_token FROM outbox WHERE id = ANY($1)", backlog[3:])
+        assert all(r["attempts_made"] == 0 and r["claim_token"] is None for r in held)
         await conn.close()
 
     asyncio.run(scenario())

@@ -3,6 +3,7 @@
     claim (claims.py: many at once, queued|deferred -> sending)
       -> the account's SMTP settings (cached, credentials decrypted once)
       -> per-account limits (may hand the message back: no attempt spent)
+      -> the account's connection slot, then one of the process's SMTP slots
       -> SMTP transaction on a pooled connection
       -> outcome written with other messages' in one durable commit (recorder.py)
       -> events published once that commit is done
@@ -80,6 +81,13 @@ class Deliverer:
         self._accounts: dict[str, tuple[float, Sending | None]] = {}
         self._loading: dict[str, asyncio.Future[Sending | None]] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
+        # SMTP exchanges at once (each holds a connection).  Taken after the
+        # account's own connection slot, so a message waiting for its account
+        # never keeps another account's message from a connection.
+        self.smtp_slots = asyncio.Semaphore(settings.sender_concurrency)
+        # Connection limits of the accounts that have one, as last read: the
+        # dispatcher claims no more of an account's messages than it has free.
+        self.connection_limits: dict[str, int] = {}
 
     # --- accounts ---------------------------------------------------------
 
@@ -97,6 +105,10 @@ class Deliverer:
                 account = await session.get(Account, account_id)
             sending = self._parse(account) if account is not None else None
             self._accounts[account_id] = (time.monotonic() + ACCOUNT_TTL, sending)
+            if sending is not None and sending.limits.connections:
+                self.connection_limits[account_id] = sending.limits.connections
+            else:
+                self.connection_limits.pop(account_id, None)
             future.set_result(sending)
             return sending
         except BaseException as exc:
@@ -137,7 +149,8 @@ class Deliverer:
         ``trace_hint`` gives the trace context its wake-up event brought, asked as
         late as possible (the event may arrive just after the claim);
         ``handed_over`` is called once the SMTP exchange is over (its connection
-        is free again), before the outcome is recorded.
+        is free again), before the outcome is recorded, or once the message is
+        handed back untried.
         """
         started = events.utcnow()
         QUEUE_LAG.observe(max(0.0, (started - claim.next_attempt_at).total_seconds()))
@@ -154,30 +167,19 @@ class Deliverer:
             wait_until = await self._acquire(sending.account_id, limits)
             if wait_until is not None:
                 HELD.labels("limit").inc()
+                handed_over()
                 await self._hold(claim, wait_until, f"sending limit reached until {events.iso(wait_until)}")
                 return
-        async with self._connection_slot(sending.account_id, limits.connections):
-            if time.monotonic() - claim.claimed_at > self.settings.sender_claim_timeout / 2:
-                # Waited too long for a connection: another sender may take the claim
-                # over soon, and two must never send one message.  Hand it back untried.
-                await self._release(claim)
-                return
-            with SEND_SECONDS.time():
-                if TRACING:
-                    with tracer.start_as_current_span(
-                        "smtp deliver",
-                        # The trace of the submit that queued this message, when its wake-up told us.
-                        context=context_from_traceparent(traceparent) if traceparent else None,
-                        kind=trace.SpanKind.CLIENT,
-                        attributes={"mailgate.queue_id": claim.queue_id, "server.address": server.label},
-                    ) as span:
-                        outcome = await self.pool.deliver(server, claim.envelope_from, claim.envelope_to, claim.raw)
-                        span.set_attribute("mailgate.outcome", outcome.kind)
-                        # Events about this attempt continue its trace.
-                        traceparent = current_traceparent()
-                else:
-                    outcome = await self.pool.deliver(server, claim.envelope_from, claim.envelope_to, claim.raw)
+        async with self._connection_slot(sending.account_id, limits.connections), self.smtp_slots:
+            # Waited too long for a connection, another sender may take the claim
+            # over soon, and two must never send one message: hand it back untried.
+            stale = time.monotonic() - claim.claimed_at > self.settings.sender_claim_timeout / 2
+            exchanged = None if stale else await self._exchange(claim, server, traceparent)
         handed_over()
+        if exchanged is None:
+            await self._release(claim)
+            return
+        outcome, traceparent = exchanged
         if is_slow_down(outcome):
             HELD.labels("throttled").inc()
             until = await self._throttle(sending, outcome)
@@ -186,6 +188,23 @@ class Deliverer:
         if outcome.kind == "sent" and sending.throttle_level:
             await self._unthrottle(sending.account_id)
         await self._record(claim, sending, server, outcome, started, traceparent)
+
+    async def _exchange(self, claim: Claim, server: SmtpServer, traceparent: str | None) -> tuple[Outcome, str | None]:
+        """The SMTP transaction; returns its outcome and the trace context its events continue."""
+        with SEND_SECONDS.time():
+            if not TRACING:
+                return await self.pool.deliver(server, claim.envelope_from, claim.envelope_to, claim.raw), traceparent
+            with tracer.start_as_current_span(
+                "smtp deliver",
+                # The trace of the submit that queued this message, when its wake-up told us.
+                context=context_from_traceparent(traceparent) if traceparent else None,
+                kind=trace.SpanKind.CLIENT,
+                attributes={"mailgate.queue_id": claim.queue_id, "server.address": server.label},
+            ) as span:
+                outcome = await self.pool.deliver(server, claim.envelope_from, claim.envelope_to, claim.raw)
+                span.set_attribute("mailgate.outcome", outcome.kind)
+                # Events about this attempt continue its trace.
+                return outcome, current_traceparent()
 
     async def _record(
         self,

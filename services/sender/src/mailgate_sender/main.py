@@ -3,10 +3,13 @@
 One dispatcher claims due messages in batches (one statement for many) and
 starts a delivery for each: up to ``sender_concurrency`` SMTP exchanges at a
 time, plus a batch claimed ahead and those waiting for their outcome's commit.
+It claims no more of an account's messages than the account has connections
+free, so a connection-limited account's backlog never takes other accounts' places.
 It looks for work when:
 * a ``submission.queued`` event arrives - the wake-up call for a message due
   now, so it goes out within milliseconds of being queued;
-* a delivery finishes and frees room while messages are waiting;
+* a delivery finishes and frees room while messages are waiting, or frees a
+  connection of an account that had none free;
 * every ``sender_poll_interval`` - scheduled messages, retries, anything whose
   event was lost, and claims whose sender died mid-send.
 Outcomes are written in batches by the recorder (see recorder.py).
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 from mailgate_common import events, topology
 from mailgate_common.bus import Bus
@@ -48,14 +51,14 @@ class SenderService:
         self.recorder = Recorder(self.db, self.relay, retry_for=settings.sender_claim_timeout * 0.8)
         self.deliverer = Deliverer(settings, self.db, self.recorder)
         self.concurrency = settings.sender_concurrency
-        # SMTP exchanges at once (each holds a connection).
-        self.smtp_slots = asyncio.Semaphore(self.concurrency)
-        # Under load, claim when a quarter of the slots' worth is free rather than
-        # one at a time: fewer, larger claims.  Idle, a claim is immediate.
-        self.batch_floor = max(1, self.concurrency // 4)
+        # Under load, claim when half the slots' worth is free rather than one at
+        # a time: fewer, larger claims (each costs a round trip and a commit).
+        # Idle, a claim is immediate.
+        self.batch_floor = max(1, self.concurrency // 2)
         # Claimed and not yet through SMTP: the exchanges under way plus one
         # batch claimed ahead, so a freed slot does not wait for a claim's round trip.
         self.unsent = 0
+        self.unsent_by_account: Counter[str] = Counter()
         self.max_unsent = self.concurrency + self.batch_floor
         # All claimed messages in this process, including those past their
         # exchange waiting a few milliseconds for the batch commit: bounded, as
@@ -83,8 +86,9 @@ class SenderService:
             return
         if event.send_at > events.utcnow():
             return  # scheduled: the poller finds it when due
-        if event.traceparent:
-            self.traces[event.queue_id] = event.traceparent
+        traces = event.traces()  # one wake-up may stand for many messages
+        if traces:
+            self.traces.update(traces)
             while len(self.traces) > MAX_TRACE_HINTS:
                 self.traces.popitem(last=False)
         # Acked at once: the event only says "look now"; the row is the work.
@@ -108,17 +112,24 @@ class SenderService:
             if reclaim:
                 next_reclaim = loop.time() + poll
             try:
-                claims = await self.claimer.claim(free, reclaim=reclaim, settle=0.0 if woken else SETTLE)
+                claimed = await self.claimer.claim(
+                    free, reclaim=reclaim, settle=0.0 if woken else SETTLE,
+                    connections=self.deliverer.connection_limits, active=self.unsent_by_account,
+                )
             except Exception as exc:
                 log.warning("claiming due messages failed: %r", exc)
                 await asyncio.sleep(poll)
                 continue
+            claims = claimed.claims
             self.unsent += len(claims)
             for claim in claims:
+                self.unsent_by_account[claim.account_id] += 1
                 task = asyncio.create_task(self._deliver(claim))
                 self.tasks.add(task)
                 task.add_done_callback(self._finished)
-            woken = len(claims) == free
+            # Messages of accounts whose connections this claim filled may have kept
+            # other accounts' messages out of it: claim again without waiting.
+            woken = len(claims) == free or bool(claims and claimed.held_back)
             if not woken and not self.stopping:
                 # Caught up with everything due: wait for a wake-up or the interval.
                 try:
@@ -126,6 +137,10 @@ class SenderService:
                     woken = True
                 except TimeoutError:
                     pass
+
+    def _connections_full(self, account_id: str) -> bool:
+        limit = self.deliverer.connection_limits.get(account_id)
+        return limit is not None and self.unsent_by_account[account_id] >= limit
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -138,11 +153,16 @@ class SenderService:
             nonlocal over
             if not over:
                 over = True
+                full = self._connections_full(claim.account_id)
                 self.unsent -= 1
-                self.smtp_slots.release()
+                self.unsent_by_account[claim.account_id] -= 1
+                if not self.unsent_by_account[claim.account_id]:
+                    del self.unsent_by_account[claim.account_id]
                 self.slot_freed.set()
+                if full:
+                    # The account has a connection free again, and maybe messages due.
+                    self.wake.set()
 
-        await self.smtp_slots.acquire()
         try:
             await self.deliverer.deliver(claim, lambda: self.traces.pop(claim.queue_id, None), handed_over)
         except Exception:

@@ -108,11 +108,10 @@ class Recorder:
             # relay loop would find "stale" and publish a second time.
             await asyncio.wait(set(self._publishing), return_when=asyncio.FIRST_COMPLETED)
         kept = await self._write(records)
-        groups = [r.events for r in records if r.claim.queue_id in kept and r.events]
-        if groups:
-            count = sum(len(group) for group in groups)
-            self._unpublished += count
-            task = asyncio.create_task(self._publish(groups, count))
+        committed = [e for r in records if r.claim.queue_id in kept for e in r.events]
+        if committed:
+            self._unpublished += len(committed)
+            task = asyncio.create_task(self._publish(committed))
             self._publishing.add(task)
             task.add_done_callback(self._publishing.discard)
         return [r.claim.queue_id in kept for r in records]
@@ -146,13 +145,14 @@ class Recorder:
                 log.warning("recording %d outcomes failed, retrying: %r", len(records), exc)
                 await asyncio.sleep(0.5)
 
-    async def _publish(self, groups: list[tuple[events.Event, ...]], count: int) -> None:
-        # One message's events keep their order (deliveryError before failed);
-        # different messages' publishes wait for their confirms side by side.
+    async def _publish(self, committed: list[events.Event]) -> None:
+        # One call for the whole batch: its publishes are written in this order (one
+        # message's deliveryError before its failed) and wait for their confirms
+        # side by side, without a task per message around them.
         try:
-            await asyncio.gather(*(self._relay.publish_committed(group) for group in groups))
+            await self._relay.publish_committed(committed)
         finally:
-            self._unpublished -= count
+            self._unpublished -= len(committed)
 
     async def drain(self) -> None:
         """Wait until queued outcomes are written and their events published

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import time
@@ -9,10 +10,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiosmtplib
+from aiosmtplib.email import quote_address
 
 from mailgate_sender.outcome import Outcome, classify_exception, classify_reply
 
 IDLE_SECONDS = 30.0
+# An envelope address that is already a bare addr-spec (as the API and the SMTP
+# door store them) becomes a path as it is; parsing it again costs more CPU than
+# the rest of the command.
+_BARE_ADDRESS = re.compile(r'[^\s<>()",;:\[\]\\]*')
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,12 @@ class SmtpPool:
         await client.connect()
         if server.user:
             await client.login(server.user, server.password or "")
+        if client.is_ehlo_or_helo_needed:
+            # Before the first MAIL, so its options can use the server's extensions.
+            try:
+                await client.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await client.helo()
         return client
 
     async def _checkout(self, server: SmtpServer) -> tuple[aiosmtplib.SMTP, bool]:
@@ -165,20 +177,22 @@ async def _transaction(
         options.append("BODY=8BITMIME")
     if client.supports_extension("size"):
         options.append(f"SIZE={len(raw)}")
-    try:
-        await client.mail(envelope_from, options=options, encoding=encoding)
-    except aiosmtplib.SMTPResponseException as exc:
-        return classify_reply(exc.code, exc.message, "MAIL FROM")
+    # MAIL and RCPT through execute_command with the paths built here: the
+    # same commands as SMTP.mail()/rcpt(), without re-parsing the addresses.
+    options_bytes = [option.encode("ascii") for option in options]
+    response = await client.execute_command(b"MAIL", b"FROM:" + _path(envelope_from, encoding), *options_bytes)
+    if response.code != 250:
+        return classify_reply(response.code, response.message, "MAIL FROM")
     refused: dict[str, str] = {}
     accepted: list[str] = []
     last_refusal: tuple[int, str] | None = None
     for rcpt in envelope_to:
-        try:
-            await client.rcpt(rcpt, encoding=encoding)
+        response = await client.execute_command(b"RCPT", b"TO:" + _path(rcpt, encoding))
+        if response.code in (250, 251):
             accepted.append(rcpt)
-        except aiosmtplib.SMTPRecipientRefused as exc:
-            refused[rcpt] = f"{exc.code} {exc.message}"
-            last_refusal = (exc.code, exc.message)
+        else:
+            refused[rcpt] = f"{response.code} {response.message}"
+            last_refusal = (response.code, response.message)
     if not accepted:
         assert last_refusal is not None
         outcome = classify_reply(last_refusal[0], last_refusal[1], "RCPT TO")
@@ -191,6 +205,12 @@ async def _transaction(
     outcome = classify_reply(response.code, response.message, "DATA")
     return Outcome(outcome.kind, outcome.response, outcome.code, outcome.status,
                    outcome.command, outcome.error_code, refused)
+
+
+def _path(address: str, encoding: str) -> bytes:
+    if _BARE_ADDRESS.fullmatch(address):
+        return b"<" + address.encode(encoding) + b">"
+    return quote_address(address).encode(encoding)
 
 
 def _close(client: aiosmtplib.SMTP) -> None:
