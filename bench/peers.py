@@ -4,6 +4,7 @@ smtp-source, wrk, a bare aiosmtpd sink, and an open-loop HTTP load at a fixed ra
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -14,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 
 def require(binary: str) -> str:
@@ -127,22 +128,30 @@ def median(values: list[float]) -> float:
 
 
 async def open_loop(url: str, bodies: list[bytes], rate: float, headers: dict[str, str]) -> OpenLoopResult:
-    """Fire requests at a fixed rate regardless of answers (no coordinated omission)."""
+    """Fire requests at a fixed rate regardless of answers (no coordinated omission).
+
+    aiohttp, not httpx: at a fixed 100 req/s httpx's connection pool showed p50
+    3.2 s where aiohttp, against the same server in the same run, showed 57 ms
+    (the server's own handling time stayed under 0.3 s): the figure measured the
+    client."""
     result = OpenLoopResult(sent=len(bodies), ok=0)
-    limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
-    async with httpx.AsyncClient(limits=limits, timeout=30, headers=headers) as client:
+    connector = aiohttp.TCPConnector(limit=400)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                     headers={"content-type": "application/json", **headers}) as client:
 
         async def one(body: bytes) -> None:
             t0 = time.perf_counter()
             wall = time.time()
             try:
-                response = await client.post(url, content=body)
-            except httpx.HTTPError:
+                async with client.post(url, data=body) as response:
+                    answer = await response.read()
+            except (aiohttp.ClientError, TimeoutError):
                 return  # counted as not accepted (sent - ok)
-            if response.status_code == 200:
+            if response.status == 200:
                 result.ok += 1
                 result.latencies_ms.append((time.perf_counter() - t0) * 1000)
-                result.started_at[response.json()["queueId"]] = wall
+                result.started_at[json.loads(answer)["queueId"]] = wall
 
         tasks = []
         start = time.perf_counter()

@@ -29,12 +29,6 @@ def _outbox_total(bench: Bench, account: str) -> int:
         return total
 
 
-def _settle_database(bench: Bench) -> None:
-    pg = getattr(bench.stack, "pg", None)
-    if pg is not None:
-        subprocess.run(["psql", pg.admin_url, "-qc", "CHECKPOINT"], check=True, capture_output=True)
-
-
 def run(bench: Bench, seconds: int = 8) -> None:
     account = bench.create_account(smtp_port=9)  # never sent: the sender is stopped
     bench.stack.services["sender"].kill()
@@ -67,10 +61,7 @@ def run(bench: Bench, seconds: int = 8) -> None:
                               "bare litestar, no storage", ref.requests_per_s))
                 bench.add(Row("REST submit", f"p99 latency ({name})", ours.p99_ms, "ms",
                               "bare litestar, no storage", ref.p99_ms, higher_is_better=False))
-        # Fixed rate, so latency is not hidden by a closed loop slowing down.  Measured
-        # in steady state: the closed-loop runs above leave ~100 MB of WAL to flush,
-        # and a checkpoint in progress stalls every commit (seconds on this disk).
-        _settle_database(bench)
+        # Fixed rate, so latency is not hidden by a closed loop slowing down.
         bodies = [json.dumps(SMALL).encode()] * 2000
         fixed = asyncio.run(open_loop(f"{bench.stack.api_url}/v1/account/{account}/submit", bodies, 200,
                                       bench.headers))

@@ -19,6 +19,11 @@ from tests.support.stack import free_port, wait_for
 PUBLISH_WINDOW = 100
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: bursts of new connections overflowed it.
+    request_queue_size = 128
+
+
 class Receiver:
     """Counts POSTs; ``delay`` seconds before answering makes it a slow endpoint."""
 
@@ -49,7 +54,7 @@ class Receiver:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/hook"
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = _Server(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

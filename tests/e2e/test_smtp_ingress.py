@@ -444,3 +444,32 @@ def test_suppressed_recipient_is_refused_at_rcpt(
     [received] = wait_for(lambda: smtp_sink.to(alive2), message="delivery to the unsuppressed")
     assert received.rcpt_tos == [alive2]
     assert smtp_sink.to(dead) == []
+
+
+def test_two_ingress_processes_share_a_port_only_when_asked(
+    stack: Stack, account: str, smtp_sink: SmtpSink
+) -> None:
+    env = {"MAILGATE_SMTP_AUTH": "false", "MAILGATE_SMTP_REUSE_PORT": "true"}
+    first = stack.add_smtp_ingress("smtp-ingress-shared-1", env)
+    port = first.env["MAILGATE_SMTP_PORT"]
+    second = stack.add_smtp_ingress("smtp-ingress-shared-2", {**env, "MAILGATE_SMTP_PORT": port})
+    # Without the setting a second copy on the same port must fail to start, not share it silently.
+    stray = stack.add_smtp_ingress("smtp-ingress-stray", {"MAILGATE_SMTP_AUTH": "false",
+                                                          "MAILGATE_SMTP_PORT": port})
+    try:
+        first.start()
+        second.start()
+        stray.start(wait=False)
+        assert stray.proc is not None and stray.proc.wait(timeout=30) != 0
+        recipients = [rcpt("shared") for _ in range(20)]
+        for to in recipients:  # a connection each: the kernel spreads them over both processes
+            with smtplib.SMTP(HOST, int(port), timeout=15) as client:
+                client.sendmail(f"{account}@sender.test", [to],
+                                f"X-EE-Account: {account}\r\nSubject: shared\r\n\r\nbody\r\n".encode())
+        for to in recipients:
+            wait_for(lambda to=to: smtp_sink.to(to), message=f"delivery to {to}")
+        # Both took messages (all 20 on one process: odds of one in half a million).
+        assert "queued" in first.log_tail(200) and "queued" in second.log_tail(200)
+    finally:
+        for service in (first, second, stray):
+            service.kill(15)

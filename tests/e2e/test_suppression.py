@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -113,3 +114,26 @@ def test_bad_input_is_refused_with_the_field(api: httpx.Client, account: str) ->
     assert bad.status_code == 422 and bad.json()["field"] == "address", bad.text
     unknown = api.get("/v1/account/no-such-account/suppressions")
     assert unknown.status_code == 404, unknown.text
+
+
+def test_concurrent_submits_each_get_their_own_answer(api: httpx.Client, account: str, smtp_sink: SmtpSink) -> None:
+    """Submits arriving together share one commit: a refused one must not take the others down."""
+    dead = rcpt("dead")
+    added = api.post(f"/v1/account/{account}/suppressions", json={"address": dead, "reason": "manual"})
+    assert added.status_code == 200, added.text
+    alive = [rcpt("burst") for _ in range(16)]
+    jobs = [(account, message(account, a)) for a in alive]
+    jobs += [(account, message(account, dead)) for _ in range(4)]
+    jobs += [("no-such-account-" + uuid.uuid4().hex[:6], message(account, rcpt()))]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        answers = list(pool.map(lambda job: api.post(f"/v1/account/{job[0]}/submit", json=job[1]), jobs))
+
+    assert [a.status_code for a in answers] == [200] * 16 + [422] * 4 + [404], [a.text for a in answers]
+    assert all(a.json()["field"] == "to" for a in answers[16:20])
+    queue_ids = [a.json()["queueId"] for a in answers[:16]]
+    assert len(set(queue_ids)) == 16
+    for queue_id in queue_ids:
+        assert api.get(f"/v1/outbox/{queue_id}").status_code == 200
+    for address in alive:
+        wait_for(lambda a=address: smtp_sink.to(a), message=f"delivery to {address}")
+    assert not smtp_sink.to(dead)

@@ -16,6 +16,10 @@ from typing import Any
 
 
 class _QuietServer(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a burst of new connections
+    # overflowed it and each dropped SYN cost the sender a 1 s retransmission.
+    request_queue_size = 128
+
     def handle_error(self, request: object, client_address: object) -> None:
         # A client closing a kept-alive connection is normal, not worth a traceback.
         if not isinstance(sys.exc_info()[1], ConnectionError):
