@@ -238,9 +238,14 @@ def test_two_replicas_split_accounts_and_take_over_from_a_dead_one(
 
         second.kill(signal.SIGKILL)
         started = time.monotonic()
-        wait_for(lambda: all(dovecot.connections().get(u) == 1 for u in users)
-                 and watched(stack, "imap-sync") >= 20, timeout=30,
-                 message="survivor watching every account")
+        try:
+            wait_for(lambda: all(dovecot.connections().get(u) == 1 for u in users)
+                     and watched(stack, "imap-sync") >= 20, timeout=30,
+                     message="survivor watching every account")
+        except AssertionError as exc:
+            counts = dovecot.connections()
+            raise AssertionError(f"{exc}: connections per user {[counts.get(u, 0) for u in users]}, "
+                                 f"survivor watches {watched(stack, 'imap-sync')}") from None
         assert time.monotonic() - started < 30
         # Logged in (as Dovecot shows) comes just before the first sync completes.
         for account in accounts:

@@ -28,6 +28,8 @@ from pathlib import Path
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
 PASSWORD = "secret"
+# Where the test session leaves its logs (see the ``stack`` fixture).
+KEPT_LOGS = Path("var/test-logs")
 
 CONFIG = """\
 instance_name = mailgate-test-{port}
@@ -188,6 +190,11 @@ class Dovecot:
                     time.sleep(0.05)
             except ProcessLookupError:
                 pass
+        log = self.base / "dovecot.log"
+        if log.exists():
+            # Beside the services' logs: what a failed run needs to be explained.
+            KEPT_LOGS.mkdir(parents=True, exist_ok=True)
+            shutil.copy(log, KEPT_LOGS / "dovecot.log")
         shutil.rmtree(self.base, ignore_errors=True)
 
     def log_tail(self, lines: int = 20) -> str:

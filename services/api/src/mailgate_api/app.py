@@ -31,6 +31,7 @@ from mailgate_common.db import Database
 from mailgate_common.event_relay import EventRelay
 from mailgate_common.outbox import Outbox
 from mailgate_common.settings import Settings
+from mailgate_common.tasks import cancel_and_wait
 
 log = logging.getLogger("mailgate.api")
 
@@ -68,10 +69,8 @@ def create_app(settings: Settings) -> Litestar:
         try:
             yield
         finally:
-            connecting.cancel()
-            relaying.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relaying  # it sends the last wake-ups before the bus closes
+            # The relay sends its last wake-ups as it ends, before the bus closes.
+            await cancel_and_wait([connecting, relaying])
             await resources.bus.close()
             await resources.db.dispose()
 

@@ -37,6 +37,7 @@ from mailgate_common.event_relay import EventRelay
 from mailgate_common.malloc import fix_mmap_threshold
 from mailgate_common.runtime import run
 from mailgate_common.settings import Settings, load_settings_or_exit
+from mailgate_common.tasks import cancel_and_wait
 from mailgate_imap_sync import state
 from mailgate_imap_sync.commands import Commands
 from mailgate_imap_sync.leases import Leases
@@ -101,6 +102,8 @@ class ImapSyncService:
             full = False
             try:
                 taken, excess = await self.leases.acquire()
+                if taken:
+                    log.info("took the leases of %d accounts", len(taken))
                 for account in taken:
                     if account not in self.watchers:
                         self._start_watcher(account, "")
@@ -177,19 +180,17 @@ class ImapSyncService:
 
         Concurrently: one by one, a thousand polite LOGOUTs took minutes.  With a
         ``deadline``, watchers still closing after it are left behind (shutdown:
-        the process exit closes their sockets).
+        the process exit closes their sockets).  Without one this returns only
+        once every watcher has ended: the caller may then hand the lease over.
         """
         tasks = []
         for account in accounts:
             entry = self.watchers.pop(account, None)
             if entry is not None:
-                entry[0].cancel()
                 tasks.append(entry[0])
             state.forget(account)
         WATCHED.set(len(self.watchers))
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=deadline)
+        pending = await cancel_and_wait(tasks, deadline)
         if pending:
             log.warning("%d watchers still closing after %.0f s, leaving them", len(pending), deadline)
 
@@ -198,11 +199,7 @@ class ImapSyncService:
     async def stop(self) -> None:
         started = time.monotonic()
         await self.bus.stop_consuming(grace=20)
-        for loop in self.loops:
-            loop.cancel()
-        for loop in self.loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
+        await cancel_and_wait(self.loops)
         log.info("stop: loops done after %.1f s", time.monotonic() - started)
         accounts = list(self.watchers)
         await self._stop_watchers(accounts, STOP_DEADLINE)

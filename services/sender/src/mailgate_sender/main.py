@@ -28,6 +28,7 @@ from mailgate_common.db import Database
 from mailgate_common.event_relay import EventRelay
 from mailgate_common.runtime import run
 from mailgate_common.settings import Settings, load_settings_or_exit
+from mailgate_common.tasks import cancel_and_wait
 from mailgate_sender.claims import Claim, Claimer
 from mailgate_sender.delivery import Deliverer
 from mailgate_sender.recorder import Recorder
@@ -185,11 +186,7 @@ class SenderService:
             await asyncio.wait(self.tasks, timeout=20)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.recorder.drain(), 5)
-        for loop in self.loops:
-            loop.cancel()
-        for loop in self.loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
+        await cancel_and_wait(self.loops)
         await self.deliverer.close()
         await self.bus.close()
         await self.db.dispose()

@@ -9,7 +9,6 @@ HEALTH_PORT (9104).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from mailgate_common.bus import Bus
@@ -18,6 +17,7 @@ from mailgate_common.event_relay import EventRelay
 from mailgate_common.outbox import Outbox
 from mailgate_common.runtime import run
 from mailgate_common.settings import Settings, load_settings_or_exit
+from mailgate_common.tasks import cancel_and_wait
 from mailgate_smtp_ingress.auth import Authenticator
 from mailgate_smtp_ingress.handler import IngressHandler, Policy
 from mailgate_smtp_ingress.server import SmtpServer
@@ -53,9 +53,7 @@ class SmtpIngressService:
     async def stop(self) -> None:
         await self.smtp.stop()
         if self.relay_task is not None:
-            self.relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.relay_task
+            await cancel_and_wait([self.relay_task])
         await self.bus.close()
         await self.db.dispose()
 

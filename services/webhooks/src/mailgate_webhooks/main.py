@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from collections.abc import Coroutine
@@ -23,6 +22,7 @@ from mailgate_common.bus import Bus
 from mailgate_common.db import Database
 from mailgate_common.runtime import run
 from mailgate_common.settings import Settings, load_settings_or_exit
+from mailgate_common.tasks import cancel_and_wait
 from mailgate_webhooks import maintenance
 from mailgate_webhooks.dispatch import Dispatcher, Job, Outcome
 from mailgate_webhooks.lanes import Lanes
@@ -235,11 +235,7 @@ class WebhooksService:
     async def stop(self) -> None:
         self.stopping = True
         await self.bus.stop_consuming(grace=10)
-        for task in (self.poller, self.upkeep):
-            if task:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(task for task in (self.poller, self.upkeep) if task)
         await self._release_ahead()
         if self.tasks:
             await asyncio.wait(self.tasks, timeout=self.settings.webhook_timeout + 5)
