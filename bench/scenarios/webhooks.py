@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from bench.context import Bench, Row
 from bench.peers import wrk_post
@@ -22,6 +24,12 @@ PUBLISH_WINDOW = 100
 class _Server(ThreadingHTTPServer):
     # socketserver's default listen backlog is 5: bursts of new connections overflowed it.
     request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # The webhooks service closing a kept-alive connection mid-read is normal
+        # here; socketserver would print a traceback for each one.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class Receiver:
