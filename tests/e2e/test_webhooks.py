@@ -28,6 +28,7 @@ from mailgate_common.bus import Bus
 from mailgate_common.db import Database
 from mailgate_common.settings import load_settings
 from mailgate_webhooks import maintenance
+from tests.support.smtp_sink import SmtpSink
 from tests.support.stack import Stack, free_port, wait_for
 from tests.support.webhook_receiver import Hook, WebhookReceiver
 
@@ -221,6 +222,28 @@ def test_filters_deliver_only_what_was_asked(
     assert [x["queueId"] for x in deliveries(api, a["id"])] == [queue_id]
     assert {h.json["account"] for h in scoped.received()} == {account}
     assert delivery_for(api, d["id"], queue_id) is not None
+
+
+def test_an_account_webhook_url_gets_that_accounts_events_only(
+    api: httpx.Client, account: str, smtp_sink: SmtpSink, webhook_receiver: WebhookReceiver,
+    receivers: Callable[..., WebhookReceiver],
+) -> None:
+    own = receivers()
+    response = api.put(f"/v1/account/{account}", json={"webhooks": own.url})
+    assert response.status_code == 200, response.text
+    other = f"acct-{uuid.uuid4().hex[:10]}"
+    response = api.post("/v1/account", json={
+        "account": other, "email": f"{other}@sender.test", "imap": False,
+        "smtp": {"host": "127.0.0.1", "port": smtp_sink.port, "secure": False,
+                 "auth": {"user": other, "pass": "smtp-password"}},
+    })
+    assert response.status_code == 200, response.text
+    mine, theirs = submit(api, account, "own url"), submit(api, other, "global only")
+    # The global URL still gets both; the account's URL only its own account's.
+    wait_for(lambda: sent_hooks(own, mine) and sent_hooks(webhook_receiver, mine)
+             and sent_hooks(webhook_receiver, theirs), message="messageSent to both URLs")
+    assert {h.json["account"] for h in own.received()} == {account}
+    assert sent_hooks(own, theirs) == []
 
 
 def test_500_then_200_records_exactly_one_success(

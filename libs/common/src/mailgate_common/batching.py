@@ -14,7 +14,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from prometheus_client import Histogram
+
 log = logging.getLogger(__name__)
+
+# How much each transaction carries: a batch of one under load means the writes
+# are not being shared, which is where per-transaction costs show.
+BATCH_SIZE = Histogram("mailgate_batch_size", "Items written per batch", ["batcher"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -26,6 +33,7 @@ class Batcher(Generic[T, R]):
                  unsplittable: tuple[type[BaseException], ...] = ()) -> None:
         self.name = name
         self.write = write
+        self._sizes = BATCH_SIZE.labels(name)
         self.max_batch = max_batch
         # Retry a failed batch item by item, so one bad item cannot fail the others
         # (off where failures are outages, which ``write`` already retries).
@@ -46,6 +54,7 @@ class Batcher(Generic[T, R]):
     async def _run(self) -> None:
         while self.waiting:
             batch, self.waiting = self.waiting[: self.max_batch], self.waiting[self.max_batch:]
+            self._sizes.observe(len(batch))
             await self._write(batch)
 
     async def _write(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:

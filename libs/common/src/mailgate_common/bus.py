@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from opentelemetry import trace
 from prometheus_client import Counter
 
 from mailgate_common import events, topology
+from mailgate_common.acks import AckRuns
 from mailgate_common.telemetry import context_from_traceparent, current_traceparent
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,8 @@ class Bus:
         self._rpc_exchange: AbstractExchange | None = None
         self._rpc_lock = asyncio.Lock()
         self._pending: dict[str, asyncio.Future[RpcReply]] = {}
+        # Per consuming channel (a reconnect brings a new one, with new delivery tags).
+        self._ack_runs: weakref.WeakKeyDictionary[object, AckRuns] = weakref.WeakKeyDictionary()
 
     async def connect(self) -> None:
         self._connection = await aio_pika.connect_robust(self._url)
@@ -165,6 +169,24 @@ class Bus:
         message: AbstractIncomingMessage,
         handler: Handler,
     ) -> None:
+        runs = self._ack_runs.get(message.channel)
+        if runs is None:
+            runs = self._ack_runs[message.channel] = AckRuns()
+        # Before any await: deliveries register in the order they arrived.
+        runs.received(message)
+        try:
+            await self._settle(queue, exchange, message, handler, runs)
+        finally:
+            runs.settled(message)
+
+    async def _settle(
+        self,
+        queue: topology.ServiceQueue,
+        exchange: AbstractExchange,
+        message: AbstractIncomingMessage,
+        handler: Handler,
+        runs: AckRuns,
+    ) -> None:
         try:
             event = events.decode(message.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -189,7 +211,7 @@ class Bus:
         except Exception as exc:
             await self._retry_or_dead_letter(queue, message, exc)
             return
-        await message.ack()
+        await runs.ack(message)
         EVENTS_CONSUMED.labels(queue.name, "ok").inc()
 
     async def _retry_or_dead_letter(

@@ -28,8 +28,14 @@ DEFAULTS: dict[str, Any] = {
 async def read(session: AsyncSession, keys: list[str] | None = None) -> dict[str, Any]:
     wanted = keys or list(DEFAULTS)
     rows = await session.execute(select(Setting.key, Setting.value).where(Setting.key.in_(wanted)))
-    values = {k: DEFAULTS.get(k) for k in wanted}
-    values.update({key: value for key, value in rows.tuples()})
+    # Not dict(rows): a Result has keys() (its column names), so dict() would index it.
+    return with_defaults(wanted, {key: value for key, value in rows.tuples()})
+
+
+def with_defaults(keys: list[str], stored: dict[str, Any]) -> dict[str, Any]:
+    """The ``keys`` asked for: the ``stored`` value where there is one, else the default."""
+    values = {k: DEFAULTS.get(k) for k in keys}
+    values.update((k, v) for k, v in stored.items() if k in values)
     return values
 
 

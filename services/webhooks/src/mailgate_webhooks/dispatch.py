@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailgate_common import events, lifecycle, service_settings, urls
 from mailgate_common.crypto import Sealer
 from mailgate_common.db import Database
-from mailgate_common.db.models import Account, WebhookEndpoint
+from mailgate_common.db.models import WebhookEndpoint
 from mailgate_common.settings import Settings
 from mailgate_common.telemetry import current_traceparent
 from mailgate_webhooks import retry
@@ -270,6 +270,39 @@ def endpoint_matches(endpoint: WebhookEndpoint, name: str, account: str | None) 
     )
 
 
+SUBSCRIPTION_SETTINGS = ["webhooks", "webhooksEnabled", "webhookEvents", "serviceUrl", "serviceSecret"]
+# The settings, the accounts' own webhook URLs, and whether any endpoint could match.
+SUBSCRIPTIONS_SQL = """
+SELECT
+  (SELECT coalesce(jsonb_object_agg(key, value), '{}') FROM settings WHERE key = ANY($1::text[]))::text,
+  (SELECT coalesce(jsonb_object_agg(id, webhooks), '{}') FROM accounts
+    WHERE id = ANY($2::text[]) AND webhooks IS NOT NULL)::text,
+  EXISTS (SELECT 1 FROM webhook_endpoints
+          WHERE enabled AND events && $3::text[] AND (account_id IS NULL OR account_id = ANY($2::text[])))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriptions:
+    config: dict[str, Any]  # SUBSCRIPTION_SETTINGS
+    account_urls: dict[str, str]
+    endpoints: bool  # some endpoint may want one of the events: read them
+
+    def urls_for(self, event: events.Event, name: str) -> list[str]:
+        """The settings and account webhook URLs that want this event."""
+        found: list[str] = []
+        config = self.config
+        if config["webhooks"] and config["webhooksEnabled"] and wants(config["webhookEvents"], name):
+            found.append(config["webhooks"])
+        account_url = self.account_urls.get(event.account or "")
+        if account_url and account_url not in found:
+            found.append(account_url)
+        return found
+
+    def any_for(self, wanted: list[tuple[int, events.Event, str]]) -> bool:
+        return self.endpoints or any(self.urls_for(event, name) for _, event, name in wanted)
+
+
 @dataclass(slots=True)
 class _Planned:
     event_index: int
@@ -353,10 +386,13 @@ class Dispatcher:
         result: list[list[Job]] = [[] for _ in batch]
         if not wanted:
             return result
+        subscribed = await self._subscriptions(wanted)
+        if not subscribed.any_for(wanted):
+            return result
         taken: list[str] = []
         try:
             async with self.db.transaction() as session:
-                plans = await self._plan(session, wanted, taken)
+                plans = await self._plan(session, wanted, taken, subscribed)
                 if not plans:
                     return result
                 token = secrets.token_hex(8)
@@ -397,48 +433,50 @@ class Dispatcher:
             ))
         return result
 
+    async def _subscriptions(self, wanted: list[tuple[int, events.Event, str]]) -> Subscriptions:
+        """Who might want these events, in one prepared statement outside any
+        transaction: a batch nobody subscribes to (every event, when no webhook is
+        set up; every messageSent, when only bounces are wanted) costs just this."""
+        accounts = sorted({event.account or "" for _, event, _ in wanted})
+        names = sorted({"*", *(name for _, _, name in wanted)})
+        async with self.db.statement_connection() as conn:
+            row = await conn.fetchrow(SUBSCRIPTIONS_SQL, SUBSCRIPTION_SETTINGS, accounts, names)
+        assert row is not None
+        return Subscriptions(
+            service_settings.with_defaults(SUBSCRIPTION_SETTINGS, json.loads(row[0])),
+            {a: u for a, u in json.loads(row[1]).items() if u},
+            bool(row[2]),
+        )
+
     async def _plan(
-        self, session: AsyncSession, wanted: list[tuple[int, events.Event, str]], taken: list[str]
+        self, session: AsyncSession, wanted: list[tuple[int, events.Event, str]], taken: list[str],
+        subscribed: Subscriptions,
     ) -> list[_Planned]:
         """Which deliveries to store, and which of them get a slot now (appended to ``taken``)."""
-        config = await service_settings.read(
-            session, ["webhooks", "webhooksEnabled", "webhookEvents", "serviceUrl", "serviceSecret"]
-        )
-        accounts = {event.account for _, event, _ in wanted if event.account}
-        account_urls: dict[str, str] = {}
-        if accounts:
-            account_urls = {
-                a: u for a, u in (await session.execute(
-                    select(Account.id, Account.webhooks).where(Account.id.in_(accounts), Account.webhooks.isnot(None))
-                )).tuples() if u
-            }
-        names = {name for _, _, name in wanted}
-        is_ready = and_(
-            WebhookEndpoint.failing_since.is_(None),
-            or_(WebhookEndpoint.backoff_until.is_(None), WebhookEndpoint.backoff_until <= func.now()),
-        )
-        # A superset (enabled, any of these names, these accounts); endpoint_matches decides.
-        candidates = list((await session.execute(
-            select(WebhookEndpoint, is_ready.label("ready")).where(
-                WebhookEndpoint.enabled.is_(True),
-                WebhookEndpoint.events.overlap(["*", *names]),
-                or_(WebhookEndpoint.account_id.is_(None),
-                    WebhookEndpoint.account_id.in_([a or "" for a in {e.account for _, e, _ in wanted}])),
+        config = subscribed.config
+        candidates: list[tuple[WebhookEndpoint, bool]] = []
+        if subscribed.endpoints:
+            names = {name for _, _, name in wanted}
+            is_ready = and_(
+                WebhookEndpoint.failing_since.is_(None),
+                or_(WebhookEndpoint.backoff_until.is_(None), WebhookEndpoint.backoff_until <= func.now()),
             )
-        )).tuples())
+            # A superset (enabled, any of these names, these accounts); endpoint_matches decides.
+            candidates = list((await session.execute(
+                select(WebhookEndpoint, is_ready.label("ready")).where(
+                    WebhookEndpoint.enabled.is_(True),
+                    WebhookEndpoint.events.overlap(["*", *names]),
+                    or_(WebhookEndpoint.account_id.is_(None),
+                        WebhookEndpoint.account_id.in_([a or "" for a in {e.account for _, e, _ in wanted}])),
+                )
+            )).tuples())
         ready_endpoints = {endpoint.id for endpoint, ready_now in candidates if ready_now}
         endpoint_targets: dict[str, Target] = {}
         service_secret: str | None = config["serviceSecret"]
         service_url = config["serviceUrl"] or self.settings.service_url
-        global_on = bool(config["webhooks"] and config["webhooksEnabled"])
         plans: list[_Planned] = []
         for index, event, name in wanted:
-            urls_: list[str] = []
-            if global_on and wants(config["webhookEvents"], name):
-                urls_.append(config["webhooks"])
-            account_url = account_urls.get(event.account or "")
-            if account_url and account_url not in urls_:
-                urls_.append(account_url)
+            urls_ = subscribed.urls_for(event, name)
             endpoints = [e for e, _ in candidates if endpoint_matches(e, name, event.account)]
             if not urls_ and not endpoints:
                 continue
