@@ -81,10 +81,9 @@ def test_new_flagged_and_expunged_mail_produce_webhooks(
     wait_connected(api, account)
 
     raw, message_id = mail("Grüße, new mail", f"{user}@dovecot.test")
-    started = time.monotonic()
     dovecot.deliver(user, raw)
-    new = hook(webhook_receiver, "messageNew", account, messageId=message_id)
-    assert time.monotonic() - started < 5
+    # Within 5 s: pushed by IDLE, not found by a later poll.
+    new = hook(webhook_receiver, "messageNew", account, timeout=5, messageId=message_id)
     data = new["data"]
     assert data["path"] == "INBOX"
     assert data["subject"] == "Grüße, new mail"
@@ -237,7 +236,6 @@ def test_two_replicas_split_accounts_and_take_over_from_a_dead_one(
         assert split_once(), dovecot.connections()
 
         second.kill(signal.SIGKILL)
-        started = time.monotonic()
         try:
             wait_for(lambda: all(dovecot.connections().get(u) == 1 for u in users)
                      and watched(stack, "imap-sync") >= 20, timeout=30,
@@ -246,7 +244,6 @@ def test_two_replicas_split_accounts_and_take_over_from_a_dead_one(
             counts = dovecot.connections()
             raise AssertionError(f"{exc}: connections per user {[counts.get(u, 0) for u in users]}, "
                                  f"survivor watches {watched(stack, 'imap-sync')}") from None
-        assert time.monotonic() - started < 30
         # Logged in (as Dovecot shows) comes just before the first sync completes.
         for account in accounts:
             wait_connected(api, account)

@@ -135,8 +135,8 @@ class Bus:
         assert self._connection is not None, "Bus.connect() first"
         channel = await self._connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=prefetch)
-        exchange = await topology.declare(channel)
-        await self._register(channel, queue, lambda m: self._handle(queue, exchange, m, handler))
+        await topology.declare(channel)
+        await self._register(channel, queue, lambda m: self._handle(queue, m, handler))
 
     async def _register(
         self,
@@ -165,7 +165,6 @@ class Bus:
     async def _handle(
         self,
         queue: topology.ServiceQueue,
-        exchange: AbstractExchange,
         message: AbstractIncomingMessage,
         handler: Handler,
     ) -> None:
@@ -175,14 +174,13 @@ class Bus:
         # Before any await: deliveries register in the order they arrived.
         runs.received(message)
         try:
-            await self._settle(queue, exchange, message, handler, runs)
+            await self._settle(queue, message, handler, runs)
         finally:
             runs.settled(message)
 
     async def _settle(
         self,
         queue: topology.ServiceQueue,
-        exchange: AbstractExchange,
         message: AbstractIncomingMessage,
         handler: Handler,
         runs: AckRuns,

@@ -174,7 +174,7 @@ class IdleListener(asyncio.Protocol):
     connected together, which swamped the database pool.
     """
 
-    __slots__ = ("_connection", "_partial", "_waiter", "accepted", "changed", "result", "waiting_for_end")
+    __slots__ = ("_connection", "_partial", "_waiter", "accepted", "changed", "result")
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
@@ -182,7 +182,6 @@ class IdleListener(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self.accepted = False
         self.changed = False
-        self.waiting_for_end = False
         self.result: bytes | None = None
 
     def data_received(self, data: bytes) -> None:

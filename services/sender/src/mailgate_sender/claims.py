@@ -125,7 +125,7 @@ class Claimer:
         """
         connections = connections or {}
         active = active or {}
-        accounts = [a for a in connections.keys() | active.keys() if a in connections or active[a]]
+        accounts = list(connections.keys() | active.keys())
         limits = [connections.get(a) for a in accounts]
         counts = [active.get(a, 0) for a in accounts]
         full = [a for a, n, c in zip(accounts, limits, counts, strict=True) if n is not None and c >= n]

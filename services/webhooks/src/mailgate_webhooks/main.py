@@ -65,10 +65,7 @@ class WebhooksService:
 
     async def start(self) -> None:
         await self.bus.connect()
-        # Events are stored up to STORE_BATCH per transaction, but a batch can only
-        # hold what the broker has handed over: a prefetch of 32 capped every batch
-        # (and so the per-transaction cost was shared by at most 32 events).
-        await self.bus.consume(topology.WEBHOOKS, self.on_event, max(self.settings.bus_prefetch, STORE_BATCH))
+        await self.bus.consume(topology.WEBHOOKS, self.on_event, self.settings.bus_prefetch)
         self.poller = asyncio.create_task(self.poll_due())
         self.upkeep = asyncio.create_task(self.keep_log())
 
