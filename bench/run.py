@@ -14,7 +14,17 @@ from pathlib import Path
 
 from bench.context import Bench, Row, dump_json, machine_facts, new_stack
 from bench.report import write_report
-from bench.scenarios import bounce_parsing, drain, end_to_end, imap, memory, rest_submit, smtp_intake, webhooks
+from bench.scenarios import (
+    bounce_parsing,
+    drain,
+    end_to_end,
+    imap,
+    memory,
+    rest_submit,
+    smtp_client,
+    smtp_intake,
+    webhooks,
+)
 
 SCENARIOS = {
     "memory": memory.run,
@@ -22,6 +32,7 @@ SCENARIOS = {
     "smtp": smtp_intake.run,
     "rest": rest_submit.run,
     "drain": drain.run,
+    "smtp-client": smtp_client.run,
     "e2e": end_to_end.run,
     "webhooks": webhooks.run,
     "imap": imap.run,

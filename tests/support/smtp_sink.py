@@ -5,10 +5,12 @@
     deferN-*@…   -> 451 4.3.0 the first N times that address is offered, then accepted
     slow-*@…     -> accepted after a 2 s pause at DATA
     throttleN-*@…-> 421 4.7.0 "slow down" the first N times, then accepted
+    refuse-*@…   -> 550 5.7.1 at MAIL (as envelope sender)
     slowrcpt-*@… -> accepted after a 3 s pause at RCPT (a client killed meanwhile
                     has not handed over the message yet)
 Everything else is accepted and kept in ``messages``.  AUTH PLAIN/LOGIN
-is offered; any user with password ``smtp-password`` gets in.
+is offered; any user with password ``smtp-password`` gets in.  PIPELINING is
+offered, as by Postfix, Exchange and Gmail, unless the sink is told otherwise.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 import threading
 import time
 from collections import Counter
@@ -41,7 +44,8 @@ logging.getLogger("mail.log").addFilter(_NoLoginDataWarning())
 def _authenticate(server: SMTP, session: Session, envelope: Envelope, mechanism: str,
                   auth_data: object) -> AuthResult:
     ok = isinstance(auth_data, LoginPassword) and auth_data.password == PASSWORD
-    return AuthResult(success=ok)
+    # handled=False: aiosmtpd then answers 535 itself (its default, True, sends no reply at all).
+    return AuthResult(success=ok, handled=False)
 
 
 @dataclass
@@ -50,6 +54,7 @@ class Received:
     rcpt_tos: list[str]
     data: bytes
     at: float
+    tls: bool = False  # arrived over TLS (implicit or STARTTLS)
 
     @property
     def message(self) -> EmailMessage:
@@ -60,9 +65,30 @@ class Received:
 
 @dataclass
 class SinkHandler:
+    pipelining: bool = True
     messages: list[Received] = field(default_factory=list)
     offered: Counter[str] = field(default_factory=Counter)
+    sessions: list[SMTP] = field(default_factory=list)  # one per EHLO, in order
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        with self.lock:
+            self.sessions.append(server)
+        if self.pipelining:  # aiosmtpd reads commands in order, so pipelining just works
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        if address.split("@", 1)[0].lower().startswith("refuse-"):
+            return "550 5.7.1 Sender refused"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -92,19 +118,22 @@ class SinkHandler:
         data = envelope.original_content or envelope.content or b""
         assert isinstance(data, bytes)
         with self.lock:
-            self.messages.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), data, time.time()))
+            tls = server.transport is not None and server.transport.get_extra_info("ssl_object") is not None
+            self.messages.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), data, time.time(), tls))
             number = len(self.messages)
         return f"250 2.0.0 Ok: queued as SINK{number}"
 
 
 class SmtpSink:
-    def __init__(self, port: int) -> None:
-        self.handler = SinkHandler()
+    def __init__(self, port: int, pipelining: bool = True, starttls: ssl.SSLContext | None = None,
+                 implicit_tls: ssl.SSLContext | None = None) -> None:
+        self.handler = SinkHandler(pipelining)
         self.port = port
         self.controller = Controller(
             self.handler, hostname="127.0.0.1", port=port, decode_data=False,
             data_size_limit=50 * 1024 * 1024,
             authenticator=_authenticate, auth_require_tls=False,
+            tls_context=starttls, ssl_context=implicit_tls,
         )
 
     def start(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import ssl
@@ -13,6 +14,7 @@ import aiosmtplib
 from aiosmtplib.email import quote_address
 
 from mailgate_sender.outcome import Outcome, classify_exception, classify_reply
+from mailgate_sender.smtp_connection import DATA, Command, SmtpConnection
 
 IDLE_SECONDS = 30.0
 # An envelope address that is already a bare addr-spec (as the API and the SMTP
@@ -60,7 +62,7 @@ class SmtpPool:
         # connections are reused instead of re-established per message.
         self._max_idle = max_idle_per_server
         self._tls_contexts: dict[bool, ssl.SSLContext] = {}
-        self._idle: dict[SmtpServer, list[tuple[aiosmtplib.SMTP, float]]] = {}
+        self._idle: dict[SmtpServer, list[tuple[SmtpConnection, float]]] = {}
 
     def _tls_context(self, verify: bool) -> ssl.SSLContext:
         # Building a context loads the system CA bundle (milliseconds of CPU):
@@ -74,7 +76,7 @@ class SmtpPool:
             self._tls_contexts[verify] = context
         return context
 
-    async def _connect(self, server: SmtpServer) -> aiosmtplib.SMTP:
+    async def _connect(self, server: SmtpServer) -> SmtpConnection:
         context = self._tls_context(server.verify_tls)
         client = aiosmtplib.SMTP(
             hostname=server.host,
@@ -85,33 +87,37 @@ class SmtpPool:
             timeout=self._timeout,
             local_hostname=self._helo_name,
         )
-        await client.connect()
-        if server.user:
-            await client.login(server.user, server.password or "")
-        if client.is_ehlo_or_helo_needed:
-            # Before the first MAIL, so its options can use the server's extensions.
-            try:
-                await client.ehlo()
-            except aiosmtplib.SMTPHeloError:
-                await client.helo()
-        return client
+        try:
+            await client.connect()
+            if server.user:
+                await client.login(server.user, server.password or "")
+            if client.is_ehlo_or_helo_needed:
+                # Before the first MAIL, so its options can use the server's extensions.
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
+        except BaseException:
+            client.close()
+            raise
+        return SmtpConnection.take_over(client, self._timeout)
 
-    async def _checkout(self, server: SmtpServer) -> tuple[aiosmtplib.SMTP, bool]:
+    async def _checkout(self, server: SmtpServer) -> tuple[SmtpConnection, bool]:
         idle = self._idle.get(server, [])
         now = time.monotonic()
         while idle:
-            client, since = idle.pop()
-            if client.is_connected and now - since < IDLE_SECONDS:
-                return client, True
-            _close(client)
+            connection, since = idle.pop()
+            if connection.usable and now - since < IDLE_SECONDS:
+                return connection, True
+            connection.quit()
         return await self._connect(server), False
 
-    def _checkin(self, server: SmtpServer, client: aiosmtplib.SMTP) -> None:
+    def _checkin(self, server: SmtpServer, connection: SmtpConnection) -> None:
         idle = self._idle.setdefault(server, [])
-        if client.is_connected and len(idle) < self._max_idle:
-            idle.append((client, time.monotonic()))
+        if connection.usable and len(idle) < self._max_idle:
+            idle.append((connection, time.monotonic()))
         else:
-            _close(client)
+            connection.quit()
 
     async def deliver(
         self,
@@ -120,89 +126,115 @@ class SmtpPool:
         envelope_to: list[str],
         raw: bytes,
     ) -> Outcome:
-        command: str | None = "CONNECT"
         try:
-            client, reused = await self._checkout(server)
+            connection, reused = await self._checkout(server)
         except Exception as exc:
-            return classify_exception(exc, "AUTH" if isinstance(exc, aiosmtplib.SMTPAuthenticationError) else command)
+            return _connect_failure(exc)
+        bodies = connection.bodies_sent
         try:
-            outcome = await _transaction(client, envelope_from, envelope_to, raw)
+            outcome = await _transaction(connection, envelope_from, envelope_to, raw)
         except aiosmtplib.SMTPServerDisconnected as exc:
-            if not reused:
-                _close(client)
-                return classify_exception(exc, command)
-            # A reused connection the server dropped while idle: nothing was
-            # accepted on it, so one fresh connection is safe.
-            _close(client)
+            connection.close()
+            if not reused or connection.bodies_sent != bodies:
+                return classify_exception(exc, connection.at)
+            # A reused connection the server dropped while idle, before it had
+            # the message: one fresh connection cannot send it twice.
             try:
-                client = await self._connect(server)
-                outcome = await _transaction(client, envelope_from, envelope_to, raw)
+                connection = await self._connect(server)
+            except Exception as connect_exc:
+                return _connect_failure(connect_exc)
+            try:
+                outcome = await _transaction(connection, envelope_from, envelope_to, raw)
             except Exception as retry_exc:
-                _close(client)
-                return classify_exception(retry_exc, command)
+                connection.close()
+                return classify_exception(retry_exc, connection.at)
         except Exception as exc:
-            _close(client)
-            return classify_exception(exc, command)
-        if outcome.kind != "sent":
-            try:
-                await client.rset()
-            except Exception:
-                _close(client)
-                return outcome
-        self._checkin(server, client)
+            connection.close()
+            return classify_exception(exc, connection.at)
+        except asyncio.CancelledError:
+            connection.close()  # mid-transaction: never to be reused
+            raise
+        if outcome.kind != "sent" and not await connection.reset():
+            return outcome
+        self._checkin(server, connection)
         return outcome
 
     def close(self) -> None:
         for idle in self._idle.values():
-            for client, _ in idle:
-                _close(client)
+            for connection, _ in idle:
+                connection.quit()
         self._idle.clear()
 
 
+def _connect_failure(exc: Exception) -> Outcome:
+    return classify_exception(exc, "AUTH" if isinstance(exc, aiosmtplib.SMTPAuthenticationError) else "CONNECT")
+
+
 async def _transaction(
-    client: aiosmtplib.SMTP,
+    connection: SmtpConnection,
     envelope_from: str,
     envelope_to: list[str],
     raw: bytes,
 ) -> Outcome:
-    options: list[str] = []
+    """MAIL, RCPT for each recipient, DATA, the message.  Written at once when the
+    server pipelines, then the replies are read in the same order as one at a time."""
+    options: list[bytes] = []
     encoding = "ascii"
-    if any(not a.isascii() for a in (envelope_from, *envelope_to)) and client.supports_extension(
-        "smtputf8"
-    ):
-        options.append("SMTPUTF8")
-        # aiosmtplib encodes addresses as ASCII unless told otherwise.
+    if any(not a.isascii() for a in (envelope_from, *envelope_to)) and connection.supports("smtputf8"):
+        options.append(b"SMTPUTF8")
         encoding = "utf-8"
-    if not raw.isascii() and client.supports_extension("8bitmime"):
-        options.append("BODY=8BITMIME")
-    if client.supports_extension("size"):
-        options.append(f"SIZE={len(raw)}")
-    # MAIL and RCPT through execute_command with the paths built here: the
-    # same commands as SMTP.mail()/rcpt(), without re-parsing the addresses.
-    options_bytes = [option.encode("ascii") for option in options]
-    response = await client.execute_command(b"MAIL", b"FROM:" + _path(envelope_from, encoding), *options_bytes)
-    if response.code != 250:
-        return classify_reply(response.code, response.message, "MAIL FROM")
+    if not raw.isascii() and connection.supports("8bitmime"):
+        options.append(b"BODY=8BITMIME")
+    if connection.supports("size"):
+        options.append(b"SIZE=%d" % len(raw))
+    mail = Command("MAIL FROM", b" ".join([b"MAIL FROM:" + _path(envelope_from, encoding), *options]))
+    rcpts = [Command("RCPT TO", b"RCPT TO:" + _path(rcpt, encoding)) for rcpt in envelope_to]
+    pipelined = connection.pipelining
+    if pipelined:
+        connection.send(mail, *rcpts, DATA)
+    else:
+        connection.send(mail)
+
+    reply = await connection.reply()
+    failure = None if reply.code == 250 else classify_reply(reply.code, reply.message, "MAIL FROM")
+    if failure is not None and not pipelined:
+        return failure
     refused: dict[str, str] = {}
-    accepted: list[str] = []
-    last_refusal: tuple[int, str] | None = None
-    for rcpt in envelope_to:
-        response = await client.execute_command(b"RCPT", b"TO:" + _path(rcpt, encoding))
-        if response.code in (250, 251):
-            accepted.append(rcpt)
+    accepted = 0
+    last_refusal = None
+    for rcpt, command in zip(envelope_to, rcpts, strict=True):
+        if not pipelined:
+            connection.send(command)
+        reply = await connection.reply()
+        if reply.code in (250, 251):
+            accepted += 1
         else:
-            refused[rcpt] = f"{response.code} {response.message}"
-            last_refusal = (response.code, response.message)
-    if not accepted:
-        assert last_refusal is not None
-        outcome = classify_reply(last_refusal[0], last_refusal[1], "RCPT TO")
-        return Outcome(outcome.kind, outcome.response, outcome.code, outcome.status,
-                       "RCPT TO", "EENVELOPE", refused)
-    try:
-        response = await client.data(raw)
-    except aiosmtplib.SMTPDataError as exc:
-        return classify_reply(exc.code, exc.message, "DATA")
-    outcome = classify_reply(response.code, response.message, "DATA")
+            refused[rcpt] = f"{reply.code} {reply.message}"
+            last_refusal = reply
+    if failure is None and not accepted and last_refusal is not None:
+        outcome = classify_reply(last_refusal.code, last_refusal.message, "RCPT TO")
+        failure = Outcome(outcome.kind, outcome.response, outcome.code, outcome.status,
+                          "RCPT TO", "EENVELOPE", refused)
+    if not pipelined:
+        if failure is not None:
+            return failure
+        connection.send(DATA)
+
+    reply = await connection.reply()
+    if reply.code != 354:
+        return failure or _with_refused(classify_reply(reply.code, reply.message, "DATA"), refused)
+    if failure is not None:
+        # RFC 2920 3.1: a server may answer 354 although MAIL or every RCPT
+        # failed; the client then ends the DATA with no message.
+        connection.send_end_of_data()
+        await connection.reply()
+        return failure
+    connection.send_body(raw)
+    reply = await connection.reply()
+    return _with_refused(classify_reply(reply.code, reply.message, "DATA"), refused)
+
+
+def _with_refused(outcome: Outcome, refused: dict[str, str]) -> Outcome:
     return Outcome(outcome.kind, outcome.response, outcome.code, outcome.status,
                    outcome.command, outcome.error_code, refused)
 
@@ -211,12 +243,3 @@ def _path(address: str, encoding: str) -> bytes:
     if _BARE_ADDRESS.fullmatch(address):
         return b"<" + address.encode(encoding) + b">"
     return quote_address(address).encode(encoding)
-
-
-def _close(client: aiosmtplib.SMTP) -> None:
-    try:
-        client.close()
-    except Exception:
-        pass
-
-
