@@ -50,7 +50,7 @@ def data_body(raw: bytes) -> bytes:
     return raw + b".\r\n"
 
 
-class _Replies(asyncio.Protocol):
+class ReplyQueue(asyncio.Protocol):
     """Parses the server's replies into a queue, pairing each with the command it answers."""
 
     def __init__(self) -> None:
@@ -62,8 +62,10 @@ class _Replies(asyncio.Protocol):
         self._lines: list[bytes] = []
 
     def data_received(self, data: bytes) -> None:
+        if self.error is not None:  # after a broken reply, nothing that follows can be paired
+            return
         self._buffer += data
-        while (end := self._buffer.find(b"\n")) >= 0:
+        while self.error is None and (end := self._buffer.find(b"\n")) >= 0:
             line = bytes(self._buffer[: end + 1])
             del self._buffer[: end + 1]
             self._lines.append(line)
@@ -118,7 +120,7 @@ class SmtpConnection:
         self.bodies_sent = 0  # a message body written may have been accepted, whatever happens next
         self.at: str | None = None  # the command the exchange is at: what a failure is reported against
         self._timeout = timeout
-        self._replies = _Replies()
+        self._replies = ReplyQueue()
         transport.set_protocol(self._replies)
 
     @classmethod
