@@ -11,6 +11,7 @@ from typing import Any
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from mailgate_common.settings import Settings
 
@@ -47,8 +48,13 @@ def setup_logging(settings: Settings, service: str) -> None:
 
 def setup_tracing(service: str) -> None:
     """Install a tracer provider; export over OTLP only when the operator configured it."""
-    provider = TracerProvider(resource=Resource.create({"service.name": f"mailgate-{service}"}))
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+    exporting = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    # Without an exporter, spans are not recorded: a recorded span that nobody
+    # collects cost 65 µs against 20 µs unrecorded (development VM), once per
+    # webhook POST and per request.  Trace ids still travel from the submit on.
+    provider = TracerProvider(resource=Resource.create({"service.name": f"mailgate-{service}"}),
+                              sampler=None if exporting else ALWAYS_OFF)
+    if exporting:
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
                 OTLPSpanExporter,
