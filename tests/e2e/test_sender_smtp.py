@@ -133,6 +133,18 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced(sink: SmtpS
     assert len(sink.handler.sessions) == sessions + 1
 
 
+async def test_a_connection_lost_after_the_message_was_written_is_not_retried(
+        sink: SmtpSink, pool: SmtpPool) -> None:
+    server = _server(sink)
+    tag = "pipe" if sink.handler.pipelining else "step"
+    assert (await pool.deliver(server, "a@sender.test", [f"before-hangup-{tag}@example.org"], RAW)).kind == "sent"
+    # Reused connection, dropped after the server took the message: sending it
+    # again on a fresh connection could deliver it twice.
+    outcome = await pool.deliver(server, "a@sender.test", [f"hangup-{tag}@example.org"], RAW)
+    assert (outcome.kind, outcome.error_code, outcome.command) == ("temporary", "ECONNECTION", "DATA")
+    assert len(sink.to(f"hangup-{tag}@example.org")) == 1
+
+
 async def test_a_server_silent_at_data_times_out_as_temporary(sink: SmtpSink) -> None:
     pool = SmtpPool(timeout=0.5, helo_name="sender.test")
     try:

@@ -6,6 +6,8 @@
     slow-*@…     -> accepted after a 2 s pause at DATA
     throttleN-*@…-> 421 4.7.0 "slow down" the first N times, then accepted
     refuse-*@…   -> 550 5.7.1 at MAIL (as envelope sender)
+    hangup-*@…   -> kept, then the connection is closed before the reply to
+                    the message (the client cannot know it was accepted)
     slowrcpt-*@… -> accepted after a 3 s pause at RCPT (a client killed meanwhile
                     has not handed over the message yet)
 Everything else is accepted and kept in ``messages``.  AUTH PLAIN/LOGIN
@@ -121,6 +123,9 @@ class SinkHandler:
             tls = server.transport is not None and server.transport.get_extra_info("ssl_object") is not None
             self.messages.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), data, time.time(), tls))
             number = len(self.messages)
+        if any(r.split("@")[0].lower().startswith("hangup-") for r in envelope.rcpt_tos):
+            assert server.transport is not None
+            server.transport.close()
         return f"250 2.0.0 Ok: queued as SINK{number}"
 
 

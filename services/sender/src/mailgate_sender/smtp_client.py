@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiosmtplib
@@ -132,9 +131,8 @@ class SmtpPool:
             return _connect_failure(exc)
         bodies = connection.bodies_sent
         try:
-            outcome = await _transaction(connection, envelope_from, envelope_to, raw)
+            outcome = await _transaction_or_close(connection, envelope_from, envelope_to, raw)
         except aiosmtplib.SMTPServerDisconnected as exc:
-            connection.close()
             if not reused or connection.bodies_sent != bodies:
                 return classify_exception(exc, connection.at)
             # A reused connection the server dropped while idle, before it had
@@ -144,16 +142,11 @@ class SmtpPool:
             except Exception as connect_exc:
                 return _connect_failure(connect_exc)
             try:
-                outcome = await _transaction(connection, envelope_from, envelope_to, raw)
+                outcome = await _transaction_or_close(connection, envelope_from, envelope_to, raw)
             except Exception as retry_exc:
-                connection.close()
                 return classify_exception(retry_exc, connection.at)
         except Exception as exc:
-            connection.close()
             return classify_exception(exc, connection.at)
-        except asyncio.CancelledError:
-            connection.close()  # mid-transaction: never to be reused
-            raise
         if outcome.kind != "sent" and not await connection.reset():
             return outcome
         self._checkin(server, connection)
@@ -168,6 +161,17 @@ class SmtpPool:
 
 def _connect_failure(exc: Exception) -> Outcome:
     return classify_exception(exc, "AUTH" if isinstance(exc, aiosmtplib.SMTPAuthenticationError) else "CONNECT")
+
+
+async def _transaction_or_close(
+    connection: SmtpConnection, envelope_from: str, envelope_to: list[str], raw: bytes
+) -> Outcome:
+    """A transaction that failed or was cancelled midway leaves its connection closed, never pooled."""
+    try:
+        return await _transaction(connection, envelope_from, envelope_to, raw)
+    except BaseException:
+        connection.close()
+        raise
 
 
 async def _transaction(
@@ -212,9 +216,7 @@ async def _transaction(
             refused[rcpt] = f"{reply.code} {reply.message}"
             last_refusal = reply
     if failure is None and not accepted and last_refusal is not None:
-        outcome = classify_reply(last_refusal.code, last_refusal.message, "RCPT TO")
-        failure = Outcome(outcome.kind, outcome.response, outcome.code, outcome.status,
-                          "RCPT TO", "EENVELOPE", refused)
+        failure = replace(classify_reply(last_refusal.code, last_refusal.message, "RCPT TO"), refused=refused)
     if not pipelined:
         if failure is not None:
             return failure
@@ -222,7 +224,7 @@ async def _transaction(
 
     reply = await connection.reply()
     if reply.code != 354:
-        return failure or _with_refused(classify_reply(reply.code, reply.message, "DATA"), refused)
+        return failure or replace(classify_reply(reply.code, reply.message, "DATA"), refused=refused)
     if failure is not None:
         # RFC 2920 3.1: a server may answer 354 although MAIL or every RCPT
         # failed; the client then ends the DATA with no message.
@@ -231,12 +233,7 @@ async def _transaction(
         return failure
     connection.send_body(raw)
     reply = await connection.reply()
-    return _with_refused(classify_reply(reply.code, reply.message, "DATA"), refused)
-
-
-def _with_refused(outcome: Outcome, refused: dict[str, str]) -> Outcome:
-    return Outcome(outcome.kind, outcome.response, outcome.code, outcome.status,
-                   outcome.command, outcome.error_code, refused)
+    return replace(classify_reply(reply.code, reply.message, "DATA"), refused=refused)
 
 
 def _path(address: str, encoding: str) -> bytes:

@@ -72,7 +72,7 @@ class ReplyQueue(asyncio.Protocol):
             if line[3:4] != b"-":  # "250 ok" or "250" ends a reply, "250-..." continues it
                 self._reply_complete()
         if len(self._buffer) + sum(map(len, self._lines)) > MAX_REPLY_BYTES:
-            self._fail(aiosmtplib.SMTPResponseException(-1, "Reply too long"))
+            self.fail(aiosmtplib.SMTPResponseException(-1, "Reply too long"))
         self._wake()
 
     def _reply_complete(self) -> None:
@@ -80,27 +80,27 @@ class ReplyQueue(asyncio.Protocol):
         try:
             code = int(lines[0][:3])
         except ValueError:
-            self._fail(aiosmtplib.SMTPResponseException(-1, f"Malformed reply: {lines[0]!r}"))
+            self.fail(aiosmtplib.SMTPResponseException(-1, f"Malformed reply: {lines[0]!r}"))
             return
         message = "\n".join(line[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape") for line in lines)
         if not self.sent:
             # Typically "421 idle too long" before the server hangs up: the
             # connection is not reusable, and the reply must not be taken as
             # the answer to our next command.
-            self._fail(aiosmtplib.SMTPServerDisconnected(f"Unsolicited reply: {code} {message}"))
+            self.fail(aiosmtplib.SMTPServerDisconnected(f"Unsolicited reply: {code} {message}"))
             return
         self.replies.append((self.sent.popleft(), aiosmtplib.SMTPResponse(code, message)))
 
     def eof_received(self) -> bool:
-        self._fail(aiosmtplib.SMTPServerDisconnected("Unexpected EOF received"))
+        self.fail(aiosmtplib.SMTPServerDisconnected("Unexpected EOF received"))
         return False  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         error = aiosmtplib.SMTPServerDisconnected("Connection lost")
         error.__cause__ = exc
-        self._fail(error)
+        self.fail(error)
 
-    def _fail(self, error: Exception) -> None:
+    def fail(self, error: Exception) -> None:
         if self.error is None:
             self.error = error
         self._wake()
@@ -205,6 +205,6 @@ class SmtpConnection:
         self.close()
 
     def close(self) -> None:
-        self._replies._fail(aiosmtplib.SMTPServerDisconnected("Connection closed"))
+        self._replies.fail(aiosmtplib.SMTPServerDisconnected("Connection closed"))
         if not self.transport.is_closing():
             self.transport.close()
