@@ -74,7 +74,9 @@ uv run --frozen python -m compileall -q libs services >/dev/null
 
 # --- database ---------------------------------------------------------------
 ENV_FILE=var/mailgate.env
-touch "$ENV_FILE"
+# It holds secrets (the database password, MAILGATE_SECRET): never readable by others.
+(umask 077 && touch "$ENV_FILE")
+chmod 600 "$ENV_FILE"
 # shellcheck disable=SC1090
 set -a; source "$ENV_FILE"; set +a
 if [[ -z "${MAILGATE_DATABASE_URL:-}" ]]; then
@@ -96,4 +98,23 @@ if [[ -z "${MAILGATE_DATABASE_URL:-}" ]]; then
   export MAILGATE_DATABASE_URL=$url
 fi
 uv run --frozen mailgate migrate
+
+# --- the key that seals account passwords -------------------------------------
+# The services refuse the public default key; a developer's machine gets its own.
+OLD_DEFAULT=mailgate-development-secret-change-me
+if [[ -z "${MAILGATE_SECRET:-}" ]]; then
+  log "generating MAILGATE_SECRET into $ENV_FILE"
+  echo "MAILGATE_SECRET=$(openssl rand -hex 32)" >>"$ENV_FILE"
+  # Credentials an earlier `make run` sealed with the old default key are re-sealed below.
+  echo "MAILGATE_SECRET_PREVIOUS=$OLD_DEFAULT" >>"$ENV_FILE"
+  set -a; source "$ENV_FILE"; set +a
+fi
+if [[ "${MAILGATE_SECRET_PREVIOUS:-}" == "$OLD_DEFAULT" ]]; then
+  if uv run --frozen mailgate secret rotate >/dev/null; then
+    sed -i "/^MAILGATE_SECRET_PREVIOUS=$OLD_DEFAULT\$/d" "$ENV_FILE"
+    unset MAILGATE_SECRET_PREVIOUS
+  else
+    log "some credentials open with neither key; they stay readable with the old one until re-entered"
+  fi
+fi
 log "ready"

@@ -1,11 +1,15 @@
 """A small event bus over aio-pika.
 
 Publishing waits for the broker's confirm and marks messages persistent, so a
-returned ``publish`` means the event survives a broker restart.  Consuming
-acks only after the handler returned, i.e. after its work was committed.  A
-handler that raises is retried through the delay queues of
-:mod:`mailgate_common.topology`; after the last delay, or at once for bodies
-that do not decode, the message goes to the dead-letter queue.
+returned ``publish`` means the event survives a broker restart; every publish
+has a deadline (``bus_publish_timeout``), so a broker that blocks publishers
+(a memory or disk alarm) cannot freeze a caller: whatever was staged in
+``pending_events`` is published later by the relay.  Consuming acks only
+after the handler returned, i.e. after its work was committed.  A handler that
+raises is retried through the delay queues of :mod:`mailgate_common.topology`:
+for as long as an outage lasts (:func:`mailgate_common.failures.is_transient`),
+and ``bus_max_retries`` times for any other failure, which then goes to the
+dead-letter queue - at once for bodies that do not decode.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from prometheus_client import Counter
 
 from mailgate_common import events, topology
 from mailgate_common.acks import AckRuns
+from mailgate_common.failures import is_transient
+from mailgate_common.settings import Settings
 from mailgate_common.telemetry import context_from_traceparent, current_traceparent
 
 log = logging.getLogger(__name__)
@@ -75,8 +81,10 @@ async def _traced(span: trace.Span, handler: Handler, event: events.AnyEvent) ->
 
 
 class Bus:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, max_retries: int = 5, publish_timeout: float = 5.0) -> None:
         self._url = url
+        self.max_retries = max_retries
+        self.publish_timeout = publish_timeout
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self._exchange: AbstractExchange | None = None
@@ -91,6 +99,11 @@ class Bus:
         self._pending: dict[str, asyncio.Future[RpcReply]] = {}
         # Per consuming channel (a reconnect brings a new one, with new delivery tags).
         self._ack_runs: weakref.WeakKeyDictionary[object, AckRuns] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Bus:
+        return cls(settings.amqp_url, max_retries=settings.bus_max_retries,
+                   publish_timeout=settings.bus_publish_timeout)
 
     async def connect(self) -> None:
         self._connection = await aio_pika.connect_robust(self._url)
@@ -125,7 +138,8 @@ class Bus:
             type=event.routing_key,
             headers=headers,
         )
-        await exchange.publish(message, routing_key=event.routing_key)
+        async with asyncio.timeout(self.publish_timeout):
+            await exchange.publish(message, routing_key=event.routing_key)
         EVENTS_PUBLISHED.labels(event.routing_key).inc()
 
     async def consume(
@@ -219,12 +233,14 @@ class Bus:
         exc: Exception,
     ) -> None:
         retries = int(str((message.headers or {}).get(RETRIES_HEADER, 0) or 0)) + 1
-        delay = topology.retry_delay(retries)
-        if delay is None:
+        outage = is_transient(exc)
+        if not outage and retries > self.max_retries:
             log.error("giving up on %s after %d retries: %r", message.type, retries - 1, exc)
             await self._dead_letter(queue, message, repr(exc))
             return
-        log.warning("retrying %s in %ss (try %d): %r", message.type, delay, retries, exc)
+        delay = topology.retry_delay(retries)
+        log.warning("retrying %s in %ss (try %d%s): %r", message.type, delay, retries,
+                    ", an outage: until it ends" if outage else f" of {self.max_retries}", exc)
         await self._republish(message, queue.retry_queue(delay), {RETRIES_HEADER: retries})
         await message.ack()
         EVENTS_CONSUMED.labels(queue.name, "retried").inc()
@@ -255,7 +271,8 @@ class Bus:
             headers=headers,
         )
         # The default exchange routes by queue name.
-        await self._publish_channel.default_exchange.publish(copy, routing_key=queue_name)
+        async with asyncio.timeout(self.publish_timeout):
+            await self._publish_channel.default_exchange.publish(copy, routing_key=queue_name)
 
     # --- request/reply ----------------------------------------------------
 
@@ -303,8 +320,9 @@ class Bus:
                 # Nobody should work on a request its caller stopped waiting for.
                 expiration=wait,
             )
-            await exchange.publish(message, routing_key=event.routing_key)
-            return await asyncio.wait_for(future, wait)
+            async with asyncio.timeout(wait):
+                await exchange.publish(message, routing_key=event.routing_key)
+                return await future
         finally:
             self._pending.pop(correlation_id, None)
 
@@ -351,7 +369,8 @@ class Bus:
                 headers={RPC_STATUS_HEADER: reply.status},
             )
             try:
-                await channel.default_exchange.publish(answer, routing_key=message.reply_to)
+                async with asyncio.timeout(self.publish_timeout):
+                    await channel.default_exchange.publish(answer, routing_key=message.reply_to)
             except Exception as exc:  # the caller went away; nothing to do
                 log.info("could not reply to %s: %r", message.type, exc)
         await message.ack()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from mailgate_common.dlq import dlq_group
 from mailgate_common.rotation import secret_group
 from mailgate_common.settings import load_settings_or_exit
 from mailgate_common.tokens_cli import token_group
@@ -34,3 +35,4 @@ _register_subcommands()
 
 main.add_command(token_group)
 main.add_command(secret_group)
+main.add_command(dlq_group)

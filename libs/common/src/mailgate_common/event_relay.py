@@ -5,6 +5,11 @@ the state change they describe, then publishes them once committed.  If the
 process dies between commit and publish, or the broker is away, the relay loop
 publishes whatever is left, so an event is never lost (it may be published
 twice, which consumers tolerate).
+
+The relay never holds a transaction open while it talks to the broker: it
+claims a batch of rows (a short lease), commits, publishes, then deletes what
+the broker confirmed.  A broker that blocks publishers therefore costs the
+database nothing, and what was not confirmed is tried again when its lease lapses.
 """
 
 from __future__ import annotations
@@ -12,10 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
 
 import msgspec
-from sqlalchemy import delete, select
+from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailgate_common import events
@@ -27,7 +31,27 @@ log = logging.getLogger(__name__)
 
 # Bounds one merged wake-up's size (about 60 bytes per message it stands for).
 MAX_MERGED_HINTS = 500
+# Hints waiting for a broker that does not take them: the oldest are dropped
+# (a hint is only a wake-up; the sender's poller finds the work anyway).
+MAX_WAITING_HINTS = 10_000
 HINT_FLUSH_TIMEOUT = 5.0
+# How long a relay's claim on a row lasts: longer than a publish may take.
+RELAY_LEASE_SECONDS = 30
+
+CLAIM_STALE_SQL = text(
+    """
+    UPDATE pending_events SET claimed_until = now() + make_interval(secs => :lease)
+    WHERE id IN (
+        SELECT id FROM pending_events
+        WHERE created_at < now() - make_interval(secs => :stale)
+          AND (claimed_until IS NULL OR claimed_until < now())
+          AND id <> ALL(CAST(:mine AS text[]))
+        ORDER BY created_at
+        LIMIT :batch
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id, body
+    """
+)
 
 
 def stage(session: AsyncSession, *staged: events.Event) -> None:
@@ -57,6 +81,10 @@ class EventRelay:
         being written are merged into the next (``SubmissionQueued.also``), so a
         burst of submits costs a few publishes instead of one each."""
         self._hints.append(event)
+        if len(self._hints) > MAX_WAITING_HINTS:
+            dropped = len(self._hints) - MAX_WAITING_HINTS
+            del self._hints[:dropped]
+            log.warning("broker not taking wake-ups: dropped %d (pollers will find the work)", dropped)
         if self._hint_writer is None or self._hint_writer.done():
             self._hint_writer = asyncio.create_task(self._publish_hints())
 
@@ -109,26 +137,33 @@ class EventRelay:
             log.warning("could not clear published events: %r", exc)
 
     async def relay_once(self, batch: int = 200) -> int:
-        """Publish events left behind by a crash or an outage; returns how many."""
-        stale = [PendingEvent.created_at < events.utcnow() - timedelta(seconds=self._stale_after)]
-        mine = self._published | self._in_flight
-        if mine:
-            # Being published, or published moments ago and not yet forgotten, by us.
-            stale.append(PendingEvent.id.not_in(list(mine)))
+        """Publish events left behind by a crash or an outage; returns how many were published."""
+        # Being published, or published moments ago and not yet forgotten, by us.
+        mine = list(self._published | self._in_flight)
         async with self._db.transaction() as session:
-            rows = (
-                await session.scalars(
-                    select(PendingEvent)
-                    .where(*stale)
-                    .order_by(PendingEvent.created_at)
-                    .limit(batch)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-            for row in rows:
-                await self._bus.publish(events.decode(row.body))
-                await session.delete(row)
-        return len(rows)
+            rows = (await session.execute(CLAIM_STALE_SQL, {
+                "lease": RELAY_LEASE_SECONDS, "stale": self._stale_after, "mine": mine, "batch": batch,
+            })).all()
+        if not rows:
+            return 0
+        decoded: list[tuple[str, events.Event]] = []
+        for row in rows:
+            try:
+                decoded.append((row.id, events.decode(row.body)))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                # Written by a newer or broken version: kept (claimed again later), never lost.
+                log.error("pending event %s does not decode: %s", row.id, exc)
+        results = await asyncio.gather(*(self._bus.publish(event) for _, event in decoded),
+                                       return_exceptions=True)
+        published = [id_ for (id_, _), r in zip(decoded, results, strict=True) if not isinstance(r, BaseException)]
+        if published:
+            async with self._db.transaction() as session:
+                await session.execute(delete(PendingEvent).where(PendingEvent.id.in_(published)))
+        failed = len(decoded) - len(published)
+        if failed:
+            # Left claimed: tried again once the lease lapses, not in a tight loop.
+            log.warning("relay: %d of %d events not published yet", failed, len(decoded))
+        return len(published) if not failed else 0
 
     async def run(self, interval: float = 2.0, flush_interval: float = 0.2) -> None:
         next_relay = 0.0

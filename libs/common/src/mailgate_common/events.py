@@ -131,6 +131,9 @@ class MessageDeliveryError(Event, kw_only=True, frozen=True, tag="message.delive
     attempts: int
     # None once no further attempt will be made.
     next_attempt: datetime | None = None
+    # The connection failed after the whole message was written: the server may
+    # have delivered it (see lifecycle.UNKNOWN).
+    outcome_unknown: bool = False
 
     def webhook_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -144,6 +147,8 @@ class MessageDeliveryError(Event, kw_only=True, frozen=True, tag="message.delive
                 "nextAttempt": iso(self.next_attempt) if self.next_attempt else False,
             },
         }
+        if self.outcome_unknown:
+            data["outcomeUnknown"] = True
         for key, value in (
             ("errorCode", self.error_code),
             ("smtpResponse", self.smtp_response),
@@ -161,9 +166,13 @@ class MessageFailed(Event, kw_only=True, frozen=True, tag="message.failed"):
     message_id: str
     error: str
     envelope: Envelope | None = None
+    outcome_unknown: bool = False  # it may have been delivered all the same
 
     def webhook_data(self) -> dict[str, Any]:
-        return {"messageId": self.message_id, "queueId": self.queue_id, "error": self.error}
+        data: dict[str, Any] = {"messageId": self.message_id, "queueId": self.queue_id, "error": self.error}
+        if self.outcome_unknown:
+            data["outcomeUnknown"] = True
+        return data
 
 
 # --- mailbox commands (sender -> imap-sync) ---------------------------------
@@ -315,6 +324,9 @@ class MessageBounce(Event, kw_only=True, frozen=True, tag="message.bounce"):
     queue_id: str | None = None
     reason: str = "undefined"
     hard: bool = False
+    # Linked to a message this account sent to this recipient.  Anyone can mail
+    # a DSN to a watched mailbox: an unverified one never suppresses anything.
+    verified: bool = True
 
     def webhook_data(self) -> dict[str, Any]:
         response = {k: v for k, v in (("source", self.response_source), ("message", self.response_message),
@@ -329,6 +341,7 @@ class MessageBounce(Event, kw_only=True, frozen=True, tag="message.bounce"):
             "queueId": self.queue_id,
             "reason": self.reason,
             "hard": self.hard,
+            "verified": self.verified,
         }
         return data
 
@@ -342,6 +355,7 @@ class MessageComplaint(Event, kw_only=True, frozen=True, tag="message.complaint"
     feedback_type: str | None = None
     message_id: str | None = None
     queue_id: str | None = None
+    verified: bool = True  # as MessageBounce.verified
 
     def webhook_data(self) -> dict[str, Any]:
         # EmailEngine nests the ARF fields under complaint.arf / complaint.headers;
@@ -352,6 +366,7 @@ class MessageComplaint(Event, kw_only=True, frozen=True, tag="message.complaint"
             "feedbackType": self.feedback_type,
             "messageId": self.message_id,
             "queueId": self.queue_id,
+            "verified": self.verified,
             "complaint": {
                 "arf": {"feedbackType": self.feedback_type, "originalRcptTo": [self.recipient]},
                 "headers": {"messageId": self.message_id},

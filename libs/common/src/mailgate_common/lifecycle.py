@@ -1,7 +1,10 @@
 """Message lifecycle as data: the states and the only moves between them.
 
     queued ──claim──► sending ──sent──► sent
-      │  ▲              │  └───fail──► failed
+      │  ▲              │  ├───fail──► failed
+      │  │              │  └─unknown─► unknown  (no answer after the message was
+      │  │              │     written: it may have been delivered, so it is not
+      │  │              │     retried unless the operator opted in)
       │  └───release────┤   (a sending limit or the server's "slow down":
       │                 │    no attempt is spent, the message just waits)
       │                 └─defer──► deferred ──claim──► sending …
@@ -22,9 +25,10 @@ SENT = "sent"
 DEFERRED = "deferred"
 FAILED = "failed"
 CANCELLED = "cancelled"
+UNKNOWN = "unknown"
 
-OUTBOX_STATES: tuple[str, ...] = (QUEUED, SENDING, SENT, DEFERRED, FAILED, CANCELLED)
-FINAL_STATES = frozenset({SENT, FAILED, CANCELLED})
+OUTBOX_STATES: tuple[str, ...] = (QUEUED, SENDING, SENT, DEFERRED, FAILED, CANCELLED, UNKNOWN)
+FINAL_STATES = frozenset({SENT, FAILED, CANCELLED, UNKNOWN})
 
 
 @dataclass(frozen=True)
@@ -38,14 +42,11 @@ CLAIM = Transition("claim", (QUEUED, DEFERRED), SENDING)
 MARK_SENT = Transition("sent", (SENDING,), SENT)
 DEFER = Transition("defer", (SENDING,), DEFERRED)
 FAIL = Transition("fail", (SENDING,), FAILED)
+MARK_UNKNOWN = Transition("unknown", (SENDING,), UNKNOWN)
 CANCEL = Transition("cancel", (QUEUED, DEFERRED), CANCELLED)
 RELEASE = Transition("release", (SENDING,), QUEUED)
 
-TRANSITIONS: tuple[Transition, ...] = (CLAIM, MARK_SENT, DEFER, FAIL, CANCEL, RELEASE)
-
-
-def can(transition: Transition, state: str) -> bool:
-    return state in transition.from_states
+TRANSITIONS: tuple[Transition, ...] = (CLAIM, MARK_SENT, DEFER, FAIL, MARK_UNKNOWN, CANCEL, RELEASE)
 
 
 # Webhook deliveries: pending → delivered | retrying → … → delivered | failed.

@@ -21,7 +21,7 @@ import uvloop
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mailgate_common import malloc
-from mailgate_common.settings import Settings
+from mailgate_common.settings import Settings, check_secret_or_exit
 from mailgate_common.telemetry import setup_logging, setup_tracing
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class GracefulServer(uvicorn.Server):
 
 
 def run(name: str, settings: Settings, service: Service) -> None:
+    check_secret_or_exit(settings)
     setup_logging(settings, name)
     setup_tracing(name)
     uvloop.run(_serve(name, settings, service))

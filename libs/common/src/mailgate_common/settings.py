@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 import msgspec
 
 PREFIX = "MAILGATE_"
+# Public, so only ever acceptable on a developer's machine (``development``).
+DEFAULT_SECRET = "mailgate-development-secret-change-me"
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -23,13 +25,16 @@ PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/mailgate"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    # Connections each process keeps to PostgreSQL (plus half as many in bursts).
+    # Connections each process keeps to PostgreSQL (a burst waits for one: no overflow).
     db_pool_size: PositiveInt = 8
-    # Key material for credentials at rest; the default is for local development only.
-    secret: str = "mailgate-development-secret-change-me"
+    # Key material for credentials at rest.  The services refuse to start with the
+    # public default unless ``development`` is set (``make run`` generates a secret).
+    secret: str = DEFAULT_SECRET
     # During a secret rotation: the old MAILGATE_SECRET, still accepted for reading.
     secret_previous: str | None = None
     admin_token: str | None = None
+    # A developer's machine: the default secret is accepted (never in production).
+    development: bool = False
 
     api_host: str = "127.0.0.1"
     api_port: Port = 3000
@@ -52,9 +57,30 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     sender_concurrency: PositiveInt = 32
     sender_poll_interval: PositiveFloat = 0.5
     # How long a claimed message may stay "sending" before another sender
-    # assumes the claimant died and takes it over.
+    # assumes the claimant died and takes it over.  A live sender renews the
+    # claims it holds (every third of this), so an exchange never outlives its claim.
     sender_claim_timeout: PositiveFloat = 120.0
+    # A message whose claimant died this many times (the delivery crashed, hung or
+    # killed the process each time) is failed instead of being taken over again.
+    sender_max_takeovers: PositiveInt = 3
+    # Bytes of message bodies a sender holds in memory at once (loaded right
+    # before their exchange); one larger message goes alone.
+    sender_body_budget: PositiveInt = 128 * 1024 * 1024
+    # After the message was written, a timeout or a dropped connection leaves the
+    # outcome unknown (the server may have delivered it): the message ends in
+    # state "unknown" and is not retried, unless this (or the account's
+    # ``retryUnknownOutcome``) opts in to a retry that may deliver it twice.
+    sender_retry_unknown_outcome: bool = False
+    # Days a finished message's body (raw MIME) is kept; its metadata, attempts
+    # and timeline stay until outbox_retention_days.
+    outbox_body_retention_days: PositiveFloat = 7.0
+    # Days finished messages (with their attempts) are kept at all.
+    outbox_retention_days: PositiveFloat = 90.0
+    # Days bounce and complaint records are kept (suppressions stay).
+    bounce_retention_days: PositiveFloat = 180.0
     smtp_timeout: PositiveFloat = 30.0
+    # Wait for the server's answer to the end of a message (RFC 5321 4.5.3.2.6: 10 minutes).
+    smtp_data_timeout: PositiveFloat = 600.0
     # Name the sender gives in EHLO; None: this host's FQDN, looked up once at start.
     smtp_helo_name: str | None = None
     delivery_attempts: PositiveInt = 10
@@ -86,7 +112,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     # Bus
     bus_prefetch: PositiveInt = 32
+    # Retries of an event whose handler fails for a reason that will not pass
+    # (a bug, bad data) before it goes to the dead-letter queue.  Outages
+    # (database, broker, a mail server unreachable) are retried for as long as they last.
     bus_max_retries: PositiveInt = 5
+    # Seconds a publish may wait for the broker's confirm (a resource alarm blocks
+    # publishers); what times out is left to the event relay.
+    bus_publish_timeout: PositiveFloat = 5.0
 
     # IMAP sync
     imap_timeout: PositiveFloat = 30.0
@@ -110,9 +142,21 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     imap_folder_poll: PositiveFloat = 60.0
     # How long the api waits for imap-sync to fetch a message's content (then 504).
     imap_fetch_timeout: PositiveFloat = 20.0
+    # Largest message the api can read through imap-sync (RabbitMQ's message size
+    # limit is 16 MiB by default); larger ones answer 413.
+    imap_fetch_max_bytes: PositiveInt = 12 * 1024 * 1024
+    # Most bytes one IMAP command may bring back (literals included) before the
+    # connection is dropped: a hostile server cannot exhaust memory.
+    imap_max_response_bytes: PositiveInt = 64 * 1024 * 1024
 
     # Submissions
     max_message_size: PositiveInt = 25 * 1024 * 1024
+    # Bytes of request bodies the api holds at once (a submit makes several
+    # copies: JSON, base64, MIME); a request that would go over waits, then 503.
+    api_body_budget: PositiveInt = 256 * 1024 * 1024
+    # false: account-scoped tokens may only point an account's SMTP/IMAP settings
+    # at public addresses (checked when saved and again when connecting).
+    account_hosts_allow_private: bool = True
 
     # SMTP ingress (smtp_host/smtp_port above are where it listens)
     # false: no AUTH needed, the X-EE-Account header picks the account (trusted networks only).
@@ -130,6 +174,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     smtp_default_account: str | None = None
     # Wait before each AUTH from an address with recent failures: this, doubled per failure.
     smtp_auth_failure_delay: PositiveFloat = 0.5
+    # Concurrent SMTP connections; more are answered 421 and closed.
+    smtp_max_connections: PositiveInt = 1000
+    # Bytes of message data the ingress holds at once across sessions (a client's
+    # SIZE= counts, else the size limit); DATA beyond it waits, then gets 451.
+    smtp_data_budget: PositiveInt = 256 * 1024 * 1024
     # Share the SMTP port with other ingress processes on this host (SO_REUSEPORT):
     # one Python process uses one core, and the kernel spreads connections among
     # them.  Off by default, so a second copy started by mistake fails to bind.
@@ -168,3 +217,13 @@ def load_settings_or_exit() -> Settings:
         return load_settings()
     except SettingsError as exc:
         raise SystemExit(f"mailgate: configuration error: {exc}") from None
+
+
+def check_secret_or_exit(settings: Settings) -> None:
+    """A service sealing or opening credentials must not run on the public default secret."""
+    if settings.secret == DEFAULT_SECRET and not settings.development:
+        raise SystemExit(
+            "mailgate: MAILGATE_SECRET is not set: credentials would be sealed with a public "
+            "default key.  Set MAILGATE_SECRET to a long random value (openssl rand -hex 32), "
+            "or MAILGATE_DEVELOPMENT=true on a developer's machine."
+        )

@@ -6,7 +6,8 @@ service consumes.  Beside it live:
 * retry queues ``<queue>.retry.<seconds>`` - classic queues with a fixed
   message TTL that dead-letter back into the service queue, so a transient
   failure waits in the broker instead of in an unacked consumer;
-* a dead-letter queue ``<queue>.dlq`` for poison messages, inspected by humans.
+* a dead-letter queue ``<queue>.dlq`` for poison messages, inspected and
+  re-driven with ``mailgate dlq list|show|redrive``.
 
 Services call :func:`declare` at start; declaring is idempotent.
 """
@@ -51,11 +52,12 @@ IMAP_RPC = ServiceQueue("mailgate.imap-sync.rpc", ("rpc.imap.fetch",))
 RPC_QUEUES: tuple[ServiceQueue, ...] = (IMAP_RPC,)
 
 
-def retry_delay(attempt: int) -> int | None:
-    """Delay before retry number ``attempt`` (1-based), or None when retries are spent."""
-    if 1 <= attempt <= len(RETRY_DELAYS):
-        return RETRY_DELAYS[attempt - 1]
-    return None
+def retry_delay(attempt: int) -> int:
+    """Delay before retry number ``attempt`` (1-based); the last delay repeats.
+
+    How many retries a message gets is the bus's decision (an outage is retried
+    for as long as it lasts, a failure that will not pass only a few times)."""
+    return RETRY_DELAYS[max(0, min(attempt, len(RETRY_DELAYS)) - 1)]
 
 
 async def declare(channel: AbstractChannel) -> AbstractExchange:

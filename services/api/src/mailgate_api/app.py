@@ -50,7 +50,7 @@ async def _connect_bus(bus: Bus) -> None:
 
 def create_app(settings: Settings) -> Litestar:
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
-    bus = Bus(settings.amqp_url)
+    bus = Bus.from_settings(settings)
     relay = EventRelay(db, bus)
     resources = Resources(
         settings=settings,

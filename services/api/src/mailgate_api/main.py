@@ -8,7 +8,7 @@ from litestar import Litestar
 
 from mailgate_api.app import create_app
 from mailgate_common.runtime import GracefulServer
-from mailgate_common.settings import load_settings_or_exit
+from mailgate_common.settings import check_secret_or_exit, load_settings_or_exit
 from mailgate_common.telemetry import setup_logging, setup_tracing
 
 
@@ -22,6 +22,7 @@ def app_from_environment() -> Litestar:
 
 def main() -> None:
     settings = load_settings_or_exit()
+    check_secret_or_exit(settings)
     setup_logging(settings, "api")
     if settings.api_workers > 1:
         uvicorn.run(

@@ -29,7 +29,7 @@ import uuid
 
 from prometheus_client import Gauge
 
-from mailgate_common import events, topology
+from mailgate_common import events, retention, topology
 from mailgate_common.bus import Bus, RpcReply
 from mailgate_common.crypto import Sealer
 from mailgate_common.db import Database
@@ -57,7 +57,7 @@ class ImapSyncService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = Database(settings.database_url, pool_size=settings.db_pool_size)
-        self.bus = Bus(settings.amqp_url)
+        self.bus = Bus.from_settings(settings)
         self.relay = EventRelay(self.db, self.bus)
         self.sealer = Sealer(settings.secret)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -76,6 +76,7 @@ class ImapSyncService:
             asyncio.create_task(self.scan_loop()),
             asyncio.create_task(self.heartbeat_loop()),
             asyncio.create_task(self.relay.run()),
+            asyncio.create_task(retention.run_periodically(lambda: retention.prune_bounces(self.db, self.settings))),
         ]
         log.info("imap-sync replica %s", self.holder)
 

@@ -22,7 +22,7 @@ import contextlib
 import logging
 from collections import Counter, OrderedDict
 
-from mailgate_common import events, topology
+from mailgate_common import events, retention, topology
 from mailgate_common.bus import Bus
 from mailgate_common.db import Database
 from mailgate_common.event_relay import EventRelay
@@ -46,7 +46,7 @@ class SenderService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = Database(settings.database_url, pool_size=settings.db_pool_size)
-        self.bus = Bus(settings.amqp_url)
+        self.bus = Bus.from_settings(settings)
         self.relay = EventRelay(self.db, self.bus)
         self.claimer = Claimer(self.db, settings.sender_claim_timeout)
         self.recorder = Recorder(self.db, self.relay, retry_for=settings.sender_claim_timeout * 0.8)
@@ -77,7 +77,10 @@ class SenderService:
         await self.bus.connect()
         await self.bus.consume(topology.SENDER, self.on_event, self.settings.bus_prefetch)
         self.dispatcher = asyncio.create_task(self.dispatch())
-        self.loops = [asyncio.create_task(self.relay.run())]
+        self.loops = [
+            asyncio.create_task(self.relay.run()),
+            asyncio.create_task(retention.run_periodically(lambda: retention.prune_outbox(self.db, self.settings))),
+        ]
 
     async def ready(self) -> bool:
         return self.bus.connected and await self.db.ping()

@@ -29,7 +29,7 @@ class SmtpIngressService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = Database(settings.database_url, pool_size=settings.db_pool_size)
-        self.bus = Bus(settings.amqp_url)
+        self.bus = Bus.from_settings(settings)
         self.relay = EventRelay(self.db, self.bus)
         handler = IngressHandler(
             Policy.from_settings(settings), self.db, Outbox(self.db, self.relay),

@@ -42,7 +42,7 @@ class WebhooksService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = Database(settings.database_url, pool_size=settings.db_pool_size)
-        self.bus = Bus(settings.amqp_url)
+        self.bus = Bus.from_settings(settings)
         self.lanes = Lanes(settings.webhook_endpoint_concurrency, settings.webhook_concurrency)
         self.dispatcher = Dispatcher(settings, self.db, self.lanes)
         self.storer: Batcher[tuple[events.Event, otel_context.Context | None], list[Job]] = Batcher(

@@ -83,6 +83,7 @@ class OutboxMessage(Base):
         ),
         Index("outbox_claim_expiry", "claimed_until", postgresql_where=text("state = 'sending'")),
         Index("outbox_account_created", "account_id", "created_at"),
+        Index("outbox_finished", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
     )
 
     id: Mapped[str] = mapped_column(primary_key=True)
@@ -92,7 +93,8 @@ class OutboxMessage(Base):
     envelope_from: Mapped[str]
     envelope_to: Mapped[list[str]] = mapped_column(ARRAY(Text))
     subject: Mapped[str | None]
-    raw: Mapped[bytes]
+    # None once pruned (outbox_body_retention_days after the message finished).
+    raw: Mapped[bytes | None]
     state: Mapped[str] = mapped_column(server_default="queued")
     send_at: Mapped[datetime]
     next_attempt_at: Mapped[datetime]
@@ -101,6 +103,8 @@ class OutboxMessage(Base):
     claim_token: Mapped[str | None]
     attempts_made: Mapped[int] = mapped_column(Integer, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer)
+    # Times a dead claimant's "sending" claim was taken over (0009).
+    takeovers: Mapped[int] = mapped_column(Integer, server_default="0")
     idempotency_key: Mapped[str | None]
     request_hash: Mapped[str | None]
     reference: Mapped[dict[str, Any] | None]
@@ -138,6 +142,8 @@ class PendingEvent(Base):
     routing_key: Mapped[str]
     body: Mapped[bytes]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    # Set while a relay publishes the row (0009): claimed, committed, then published.
+    claimed_until: Mapped[datetime | None]
 
 
 class WebhookDelivery(Base):
@@ -368,6 +374,7 @@ class Bounce(Base):
         # A resync of the same INBOX message must never record (or announce) twice.
         UniqueConstraint("account_id", "bounce_message", "recipient", name="bounces_once"),
         Index("bounces_queue", "queue_id"),
+        Index("bounces_created", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -386,6 +393,9 @@ class Bounce(Base):
     mta: Mapped[str | None]
     feedback_type: Mapped[str | None]
     bounce_message: Mapped[str]  # index id of the DSN / report in INBOX
+    # Linked to a message this account sent to this recipient (0009); only a
+    # verified bounce or complaint suppresses the address.
+    verified: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
