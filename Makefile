@@ -25,6 +25,7 @@ chaos: setup-test
 lint:
 	$(UV) run --frozen ruff check libs services tests bench
 	$(UV) run --frozen mypy --strict libs/common/src/mailgate_common
+	for pkg in services/*/src/mailgate_*; do $(UV) run --frozen mypy --strict "$$pkg" || exit 1; done
 
 bounce-score:
 	$(UV) run --frozen python -m mailgate_common.bounces.score tests/data/bounces/sisimai

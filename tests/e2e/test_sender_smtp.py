@@ -133,25 +133,49 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced(sink: SmtpS
     assert len(sink.handler.sessions) == sessions + 1
 
 
-async def test_a_connection_lost_after_the_message_was_written_is_not_retried(
+async def test_a_connection_lost_after_the_message_was_written_is_an_unknown_outcome_not_retried(
         sink: SmtpSink, pool: SmtpPool) -> None:
     server = _server(sink)
     tag = "pipe" if sink.handler.pipelining else "step"
     assert (await pool.deliver(server, "a@sender.test", [f"before-hangup-{tag}@example.org"], RAW)).kind == "sent"
     # Reused connection, dropped after the server took the message: sending it
-    # again on a fresh connection could deliver it twice.
+    # again on a fresh connection could deliver it twice, and so could a retry.
     outcome = await pool.deliver(server, "a@sender.test", [f"hangup-{tag}@example.org"], RAW)
-    assert (outcome.kind, outcome.error_code, outcome.command) == ("temporary", "ECONNECTION", "DATA")
+    assert (outcome.kind, outcome.error_code, outcome.command) == ("unknown", "EUNKNOWNOUTCOME", "DATA")
     assert len(sink.to(f"hangup-{tag}@example.org")) == 1
 
 
-async def test_a_server_silent_at_data_times_out_as_temporary(sink: SmtpSink) -> None:
-    pool = SmtpPool(timeout=0.5, helo_name="sender.test")
+async def test_a_server_silent_after_the_message_is_an_unknown_outcome(sink: SmtpSink) -> None:
+    pool = SmtpPool(timeout=5.0, helo_name="sender.test", data_timeout=0.5)
+    tag = "pipe" if sink.handler.pipelining else "step"
     try:
-        outcome = await pool.deliver(_server(sink), "a@sender.test", ["slow-1@example.org"], RAW)
+        outcome = await pool.deliver(_server(sink), "a@sender.test", [f"slow-{tag}@example.org"], RAW)
     finally:
         pool.close()
-    assert (outcome.kind, outcome.error_code, outcome.command) == ("temporary", "ETIMEDOUT", "DATA")
+    assert (outcome.kind, outcome.error_code, outcome.command) == ("unknown", "EUNKNOWNOUTCOME", "DATA")
+
+
+async def test_a_server_silent_before_the_message_times_out_as_temporary(sink: SmtpSink) -> None:
+    pool = SmtpPool(timeout=0.5, helo_name="sender.test")
+    tag = "pipe" if sink.handler.pipelining else "step"
+    try:
+        outcome = await pool.deliver(_server(sink), "a@sender.test", [f"slowrcpt-silent-{tag}@example.org"], RAW)
+    finally:
+        pool.close()
+    assert (outcome.kind, outcome.error_code, outcome.command) == ("temporary", "ETIMEDOUT", "RCPT TO")
+    assert sink.to(f"slowrcpt-silent-{tag}@example.org") == []
+
+
+async def test_the_verdict_on_a_message_is_waited_for_longer_than_a_command_reply(sink: SmtpSink) -> None:
+    # RFC 5321 4.5.3.2.6: servers may take minutes (content scanning) to answer the final dot.
+    pool = SmtpPool(timeout=0.5, helo_name="sender.test", data_timeout=5.0)
+    tag = "pipe" if sink.handler.pipelining else "step"
+    try:
+        outcome = await pool.deliver(_server(sink), "a@sender.test", [f"slow-verdict-{tag}@example.org"], RAW)
+    finally:
+        pool.close()
+    assert (outcome.kind, outcome.code) == ("sent", 250)
+    assert len(sink.to(f"slow-verdict-{tag}@example.org")) == 1
 
 
 async def test_wrong_password_is_an_auth_failure(sink: SmtpSink, pool: SmtpPool) -> None:
@@ -199,3 +223,34 @@ def test_tls_connections_are_taken_over_and_reused(server_tls: ssl.SSLContext, t
         assert received.tls
         assert received.data.endswith(b".a line that starts with a dot\r\nlone LF\r\nlast line\r\n")
     assert len({id(session) for session in sink.handler.sessions}) == 1  # one connection for all three
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("tls", ["plain", "starttls", "implicit"])
+def test_a_large_message_is_streamed_whole_over_each_transport(server_tls: ssl.SSLContext, tls: str, loop: str) -> None:
+    # Written in pieces with flow control (the transport pauses and resumes the
+    # writer), through each kind of transport the services may get.
+    sink = SmtpSink(free_port(), starttls=server_tls if tls == "starttls" else None,
+                    implicit_tls=server_tls if tls == "implicit" else None)
+    server = SmtpServer("127.0.0.1", sink.port, secure=tls == "implicit", user="user",
+                        password=PASSWORD.decode(), verify_tls=False)
+    # 6 MB, every other line starting with a dot (stuffed, piece by piece).
+    raw = b"Subject: large\r\n\r\n" + b"".join(b".%07d " % n + b"x" * 90 + b"\r\n" if n % 2 else b"%07d \r\n" % n
+                                                  for n in range(120_000))
+    rcpt = f"large-{tls}-{loop}@example.org"
+
+    async def deliver() -> Outcome:
+        pool = SmtpPool(timeout=5.0, helo_name="sender.test")
+        try:
+            return await pool.deliver(server, "a@sender.test", [rcpt], raw)
+        finally:
+            pool.close()
+
+    sink.start()
+    try:
+        outcome = (uvloop.run if loop == "uvloop" else asyncio.run)(deliver())
+    finally:
+        sink.stop()
+    assert outcome.kind == "sent", outcome
+    [received] = sink.to(rcpt)
+    assert received.data == raw

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
@@ -202,10 +203,50 @@ class Dovecot:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def new_user(self) -> str:
-        """A user no other test has used yet (mailboxes start empty)."""
+        """A user no other test has used yet (mailboxes start empty); more are added
+        when the first ``users`` are taken (Dovecot re-reads its passwd-file)."""
+        if self._next_user == len(self.users):
+            user = f"user{len(self.users) + 1}"
+            with (self.base / "etc" / "users").open("a") as users:
+                users.write(f"{user}:{{PLAIN}}{self.password}::::::\n")
+            self.users.append(user)
+            self._wait_for_user(user)
         user = self.users[self._next_user]
         self._next_user += 1
         return user
+
+    def _wait_for_user(self, user: str) -> None:
+        # Dovecot notices a changed passwd-file by its timestamp, to the second:
+        # a login in the same second as the change may still be refused.
+        deadline = time.monotonic() + 10
+        while subprocess.run([DOVEADM, "-c", str(self.conf), "auth", "test", user, self.password],
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dovecot does not know the new user {user}: {self.log_tail()}")
+            time.sleep(0.2)
+
+    def fill(self, user: str, count: int, message: Callable[[int], bytes]) -> None:
+        """Put ``count`` messages (``message(n)`` for n = 1..count) straight into a new
+        user's Maildir, as files in ``cur/`` owned by ``mail``: Dovecot indexes them
+        on first access.  ``deliver`` (one doveadm process per message) would take
+        many minutes for thousands."""
+        mail = pwd.getpwnam("mail")
+        home = self.base / "mail" / user
+        maildir = home / "Maildir"
+        for path in (home, maildir, *(maildir / sub for sub in ("cur", "new", "tmp"))):
+            path.mkdir(exist_ok=True)
+            os.chown(path, mail.pw_uid, mail.pw_gid)
+        stamp = int(time.time())
+        for n in range(1, count + 1):
+            raw = message(n)
+            # Maildir names: unique, with the size (S=) and no flags (":2,").
+            path = maildir / "cur" / f"{stamp}.M{n}P{os.getpid()}.mgtest,S={len(raw)}:2,"
+            path.write_bytes(raw)
+            os.chown(path, mail.pw_uid, mail.pw_gid)
+
+    def logins(self, user: str) -> int:
+        """How many times the user has logged in over IMAP (from Dovecot's log)."""
+        return self.log_tail(1_000_000).count(f" Login: user=<{user}>,")
 
     def deliver(self, user: str, raw: bytes, mailbox: str = "INBOX") -> None:
         """Store a message the way an MTA would, without IMAP."""

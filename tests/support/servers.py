@@ -85,6 +85,11 @@ class ThrowawayRabbitMQ:
         return subprocess.run(["/usr/lib/rabbitmq/bin/rabbitmqctl", *args], env=self.env, check=True,
                               capture_output=True, text=True).stdout
 
+    def alarms(self) -> str:
+        """The resource alarms in effect, as ``rabbitmq-diagnostics alarms`` reports them."""
+        return subprocess.run(["/usr/lib/rabbitmq/bin/rabbitmq-diagnostics", "-q", "alarms"], env=self.env,
+                              check=True, capture_output=True, text=True).stdout
+
     def start(self) -> None:
         self.base.mkdir(exist_ok=True)
         (self.base / "rabbitmq.conf").write_text(

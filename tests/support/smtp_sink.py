@@ -10,6 +10,9 @@
                     the message (the client cannot know it was accepted)
     slowrcpt-*@… -> accepted after a 3 s pause at RCPT (a client killed meanwhile
                     has not handed over the message yet)
+    slowdotN-*@… -> kept, then answered after N seconds (a server scanning the
+                    message before its verdict on the final dot)
+    silent-*@…   -> kept, then never answered (until the client hangs up)
 Everything else is accepted and kept in ``messages``.  AUTH PLAIN/LOGIN
 is offered; any user with password ``smtp-password`` gets in.  PIPELINING is
 offered, as by Postfix, Exchange and Gmail, unless the sink is told otherwise.
@@ -47,7 +50,8 @@ def _authenticate(server: SMTP, session: Session, envelope: Envelope, mechanism:
                   auth_data: object) -> AuthResult:
     ok = isinstance(auth_data, LoginPassword) and auth_data.password == PASSWORD
     # handled=False: aiosmtpd then answers 535 itself (its default, True, sends no reply at all).
-    return AuthResult(success=ok, handled=False)
+    # auth_data kept on the session: who logged in (``SmtpSink.sessions_of``).
+    return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 
 @dataclass
@@ -123,9 +127,15 @@ class SinkHandler:
             tls = server.transport is not None and server.transport.get_extra_info("ssl_object") is not None
             self.messages.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), data, time.time(), tls))
             number = len(self.messages)
-        if any(r.split("@")[0].lower().startswith("hangup-") for r in envelope.rcpt_tos):
+        locals_ = [r.split("@")[0].lower() for r in envelope.rcpt_tos]
+        if any(local.startswith("hangup-") for local in locals_):
             assert server.transport is not None
             server.transport.close()
+        if any(local.startswith("silent-") for local in locals_):
+            await asyncio.Event().wait()  # cancelled when the client goes away
+        for local in locals_:
+            if slow := re.match(r"slowdot(\d+)-", local):
+                await asyncio.sleep(int(slow.group(1)))
         return f"250 2.0.0 Ok: queued as SINK{number}"
 
 
@@ -146,6 +156,13 @@ class SmtpSink:
 
     def stop(self) -> None:
         self.controller.stop()
+
+    def sessions_of(self, user: str) -> list[SMTP]:
+        """The sessions (in order) that logged in as ``user``."""
+        with self.handler.lock:
+            sessions = list(self.handler.sessions)
+        return [s for s in sessions if s.session is not None and isinstance(s.session.auth_data, LoginPassword)
+                and s.session.auth_data.login == user.encode()]
 
     def to(self, address: str) -> list[Received]:
         with self.handler.lock:

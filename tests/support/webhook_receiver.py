@@ -1,16 +1,20 @@
 """A real HTTP endpoint that records every webhook it receives.
 
 Answers can be scripted: ``fail_next(n, status)`` makes the next n requests
-get ``status``.
+get ``status``; ``answer_next(n, reply)`` / ``answer_always(reply)`` give any
+status, headers and body bytes (gzip, binary, NUL...); ``on_request`` runs
+before each answer is sent (to break something at that exact moment).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -39,12 +43,28 @@ class Hook:
         return result
 
 
+@dataclass(frozen=True)
+class Reply:
+    status: int = 200
+    body: bytes = b'{"ok":true}'
+    headers: dict[str, str] = field(default_factory=lambda: {"content-type": "application/json"})
+
+
+def gzip_reply(status: int, text: str) -> Reply:
+    """An answer compressed whatever the request's Accept-Encoding said (as a
+    misconfigured proxy does); every gzip stream has NUL bytes."""
+    return Reply(status, gzip.compress(text.encode()),
+                 {"content-type": "application/json", "content-encoding": "gzip"})
+
+
 class WebhookReceiver:
     def __init__(self, port: int) -> None:
         self.port = port
         self.hooks: list[Hook] = []
         self.lock = threading.Lock()
-        self._scripted: list[int] = []
+        self._scripted: list[Reply] = []
+        self._default = Reply()
+        self.on_request: Callable[[], None] | None = None
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,16 +78,18 @@ class WebhookReceiver:
                 if len(body) < length:
                     return  # the sender died mid-request: nothing was delivered
                 with receiver.lock:
-                    status = receiver._scripted.pop(0) if receiver._scripted else 200
+                    reply = receiver._scripted.pop(0) if receiver._scripted else receiver._default
                     receiver.hooks.append(
-                        Hook({k.lower(): v for k, v in self.headers.items()}, body, status, time.time())
+                        Hook({k.lower(): v for k, v in self.headers.items()}, body, reply.status, time.time())
                     )
-                answer = b'{"ok":true}' if status < 300 else b'{"error":"scripted"}'
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(answer)))
+                if receiver.on_request is not None:
+                    receiver.on_request()
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(reply.body)))
                 self.end_headers()
-                self.wfile.write(answer)
+                self.wfile.write(reply.body)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -84,8 +106,16 @@ class WebhookReceiver:
         self.server.server_close()
 
     def fail_next(self, count: int, status: int = 500) -> None:
+        self.answer_next(count, Reply(status, b'{"error":"scripted"}'))
+
+    def answer_next(self, count: int, reply: Reply) -> None:
         with self.lock:
-            self._scripted.extend([status] * count)
+            self._scripted.extend([reply] * count)
+
+    def answer_always(self, reply: Reply) -> None:
+        """The answer to every request not scripted by ``answer_next``/``fail_next``."""
+        with self.lock:
+            self._default = reply
 
     def received(self, event: str | None = None, **data: Any) -> list[Hook]:
         """Successful (2xx-answered) hooks, filtered by event name and data fields."""

@@ -59,3 +59,30 @@ def test_select_info() -> None:
     info = parse.select_info([b"OK [UIDVALIDITY 42] UIDs valid", b"3 EXISTS",
                               b"OK [UIDNEXT 9] Predicted next UID", b"OK [HIGHESTMODSEQ 17] Highest"])
     assert info == {"uidvalidity": 42, "exists": 3, "uidnext": 9, "highestmodseq": 17}
+
+
+def test_envelope_text_is_clean_and_capped() -> None:
+    # "YQBi" is base64 for "a\0b": PostgreSQL refuses NUL in text and in jsonb.
+    env = parse.envelope(
+        b"Subject: =?utf-8?b?YQBi?=\r\nFrom: =?utf-8?b?YQBi?= <nul@x.test>\r\n"
+        b"To: " + b", ".join(b"u%d@y.test" % n for n in range(300)) + b"\r\n"
+        b"Message-ID: <" + b"m" * 5000 + b"@x.test>\r\nIn-Reply-To: \xff\xfe<p@x>\r\n"
+        b"Date: Sun, 22 Nov 99999 03:00:00 +0100\r\n\r\n"
+    )
+    assert env["subject"] == "a\ufffdb"
+    assert env["from_addr"] == {"name": "a\ufffdb", "address": "nul@x.test"}
+    assert len(env["to_addr"]) == parse.ADDRESSES_MAX
+    assert len(env["message_id"]) == parse.MESSAGE_ID_MAX
+    assert "\x00" not in env["in_reply_to"] and env["in_reply_to"].endswith("<p@x>")
+    assert env["date"] is None
+
+
+def test_server_data_that_is_not_text_or_numbers_is_made_safe() -> None:
+    [item] = parse.parse_fetch([b"1 FETCH (UID 5 FLAGS (\\Seen $L\xe4bel \x00x) RFC822.SIZE 99999999999999999999999)"])
+    assert item.flags == ["\\Seen", "$Läbel", "\ufffdx"]
+    assert item.size is None  # not a size any message has
+    assert parse.parse_fetch([b"1 FETCH (UID 99999999999 FLAGS ())"]) == []
+    assert parse.select_info([b"OK [UIDNEXT 123456789012345678901234] x", b"OK [HIGHESTMODSEQ 12] y"]) == {
+        "highestmodseq": 12}
+    [folder] = parse.parse_list([b'(\\HasNoChildren) "/" "Caf\xe9\x00"'])
+    assert folder.path == "Café\ufffd"

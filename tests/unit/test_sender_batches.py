@@ -1,22 +1,25 @@
-"""The sender's batched claim and outcome statements against a real PostgreSQL and
-RabbitMQ: many messages per round trip, and still every guard of the lifecycle."""
+"""The sender's batched claim, heartbeat and outcome statements against a real PostgreSQL
+and RabbitMQ: many messages per round trip, and still every guard of the lifecycle."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 
 from mailgate_common import events
 from mailgate_common.bus import Bus
 from mailgate_common.db import Database
 from mailgate_common.event_relay import EventRelay
-from mailgate_sender.claims import Claim, Claimer
+from mailgate_sender.claims import INLINE_BODY, Claim, Claimer
 from mailgate_sender.recorder import Record, Recorder
 from tests.support.stack import Stack
 
@@ -92,7 +95,7 @@ def test_batch_claim_and_record_keep_the_lifecycle_guards(empty_stack: Stack) ->
 
         bus = Bus(empty_stack.amqp_url)
         await bus.connect()
-        recorder = Recorder(db, EventRelay(db, bus), retry_for=1)
+        recorder = Recorder(db, EventRelay(db, bus))
         try:
             results = await asyncio.gather(*(recorder.record(_record(c, s)) for c, s in (
                 (sent, "sent"), (deferred, "deferred"), (lost, "sent"))))
@@ -148,6 +151,155 @@ def test_claims_keep_each_account_within_its_free_connections(empty_stack: Stack
         assert [states[q] for q in backlog] == ["sending"] * 3 + ["queued"] * 3
         held = await conn.fetch("SELECT attempts_made, claim_token FROM outbox WHERE id = ANY($1)", backlog[3:])
         assert all(r["attempts_made"] == 0 and r["claim_token"] is None for r in held)
+        await conn.close()
+
+    asyncio.run(scenario())
+
+
+async def _connect(stack: Stack) -> Any:
+    """A connection to a database where nothing is due but what the test queues next."""
+    conn = await asyncpg.connect(stack.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    await conn.execute("UPDATE outbox SET state = 'cancelled', claim_token = NULL "
+                       "WHERE state IN ('queued', 'deferred', 'sending')")
+    return conn
+
+
+def test_one_unwritable_outcome_does_not_fail_its_batch_and_is_still_recorded(empty_stack: Stack) -> None:
+    async def scenario() -> None:
+        conn = await _connect(empty_stack)
+        account = f"acct-{uuid.uuid4().hex[:8]}"
+        await conn.execute("INSERT INTO accounts (id, smtp) VALUES ($1, '{}'::jsonb)", account)
+        ids = await _queue(conn, account, 4)
+        db = Database(empty_stack.database_url, pool_size=2)
+        claims = {c.queue_id: c for c in (await Claimer(db, 30).claim(10)).claims}
+        good, sent_nul, failed_surrogate, sent_surrogate = (claims[i] for i in ids)
+        # Text no database column or event can hold, as if a reply had not been cleaned.
+        nul = dataclasses.replace(_record(sent_nul, "sent"), response="250 ok\x00", smtp_response="250 ok\x00")
+        surrogate = _record(failed_surrogate, "failed")
+        surrogate = dataclasses.replace(
+            surrogate, last_error="550 Empf\udce4nger", error="550 Empf\udce4nger",
+            events=(msgspec.structs.replace(surrogate.events[0], error="550 Empf\udce4nger"),))
+        sent = _record(sent_surrogate, "sent")
+        sent = dataclasses.replace(
+            sent, events=(msgspec.structs.replace(sent.events[0], response="250 ok \udce4"),))
+        staged_before = await conn.fetchval("SELECT count(*) FROM pending_events")
+        bus = Bus(empty_stack.amqp_url)
+        await bus.connect()
+        recorder = Recorder(db, EventRelay(db, bus))
+        try:
+            results = await asyncio.gather(*(recorder.record(r) for r in (_record(good, "sent"), nul, surrogate, sent)))
+            await asyncio.wait_for(recorder.drain(), 10)
+        finally:
+            await bus.close()
+            await db.dispose()
+        assert results == [True, True, True, True]
+        rows = {r["id"]: r for r in await conn.fetch(
+            "SELECT id, state, attempts_made, claim_token, last_error, smtp_response FROM outbox WHERE id = ANY($1)",
+            ids)}
+        assert [rows[i]["state"] for i in ids] == ["sent", "sent", "failed", "sent"]
+        assert all(r["attempts_made"] == 1 and r["claim_token"] is None for r in rows.values())
+        assert rows[ids[0]]["smtp_response"] == "250 ok"  # the good one in full
+        assert rows[ids[1]]["smtp_response"] is None  # the others without the server's text
+        assert rows[ids[2]]["last_error"] == "550 Empfänger"
+        # One event each, the bad ones' cleaned.
+        assert await conn.fetchval("SELECT count(*) FROM pending_events") == staged_before + 4
+        await conn.close()
+
+    asyncio.run(scenario())
+
+
+def test_lapsed_claims_are_taken_over_counted_and_never_a_live_one_of_this_process(empty_stack: Stack) -> None:
+    async def scenario() -> None:
+        conn = await _connect(empty_stack)
+        account, resting, limited = (f"acct-{uuid.uuid4().hex[:8]}" for _ in range(3))
+        await conn.execute("INSERT INTO accounts (id, smtp) VALUES ($1, '{}'::jsonb)", account)
+        await conn.execute("""INSERT INTO accounts (id, smtp, throttled_until)
+                              VALUES ($1, '{}'::jsonb, now() + interval '1 hour')""", resting)
+        await conn.execute("""INSERT INTO accounts (id, smtp, limits)
+                              VALUES ($1, '{}'::jsonb, '{"connections": 1}'::jsonb)""", limited)
+        [mine] = await _queue(conn, account, 1, age=120)
+        [theirs] = await _queue(conn, account, 1)
+        [rest] = await _queue(conn, resting, 1)
+        [full] = await _queue(conn, limited, 1)
+        db = Database(empty_stack.database_url, pool_size=2)
+        here = Claimer(db, 30)
+        try:
+            assert [c.queue_id for c in (await here.claim(1)).claims] == [mine]
+            # The others were claimed by a sender that died; ours lapsed too (the
+            # database was away a while), though this process still holds it.
+            await conn.execute("UPDATE outbox SET state = 'sending', claim_token = 'dead', "
+                               "claimed_until = now() - interval '1 second' WHERE id = ANY($1)", [theirs, rest, full])
+            await conn.execute("UPDATE outbox SET claimed_until = now() - interval '1 second' WHERE id = $1", mine)
+            assert (await here.claim(10)).claims == []  # only polls with reclaim take claims over
+            taken = await here.claim(10, reclaim=True, connections={limited: 1}, active={limited: 1})
+            # Not its own live claim, not the resting account's, not the account with no connection free.
+            assert [(c.queue_id, c.takeovers) for c in taken.claims] == [(theirs, 1)]
+            elsewhere = await Claimer(db, 30).claim(10, reclaim=True)
+            assert sorted((c.queue_id, c.takeovers) for c in elsewhere.claims) == sorted([(mine, 1), (full, 1)])
+            states = dict(await conn.fetch("SELECT id, state FROM outbox WHERE id = ANY($1)", [mine, theirs, full]))
+            assert set(states.values()) == {"sending"}
+            assert await conn.fetchval("SELECT takeovers FROM outbox WHERE id = $1", rest) == 0
+        finally:
+            await db.dispose()
+        await conn.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_heartbeat_renews_held_claims_and_calls_off_a_lost_one(empty_stack: Stack) -> None:
+    async def scenario() -> None:
+        conn = await _connect(empty_stack)
+        account = f"acct-{uuid.uuid4().hex[:8]}"
+        await conn.execute("INSERT INTO accounts (id, smtp) VALUES ($1, '{}'::jsonb)", account)
+        kept_id, lost_id, sending_id = await _queue(conn, account, 3)
+        db = Database(empty_stack.database_url, pool_size=2)
+        claimer = Claimer(db, 30)
+        try:
+            claims = {c.queue_id: c for c in (await claimer.claim(10)).claims}
+            await conn.execute("UPDATE outbox SET claimed_until = now() + interval '1 second'")
+            waiting = asyncio.create_task(asyncio.sleep(60))
+            claims[lost_id].hold.task = waiting
+            sending = claims[sending_id].hold.task = asyncio.create_task(asyncio.sleep(60))
+            assert claims[sending_id].hold.may_send()  # its body started going out
+            await conn.execute("UPDATE outbox SET claim_token = 'someone-else' WHERE id = ANY($1)",
+                               [lost_id, sending_id])
+            await claimer.renew()
+            until = await conn.fetchval("SELECT claimed_until - now() FROM outbox WHERE id = $1", kept_id)
+            assert until > timedelta(seconds=25)
+            assert not claims[kept_id].hold.lost
+            assert claims[lost_id].hold.lost and claims[sending_id].hold.lost
+            await asyncio.sleep(0)
+            assert waiting.cancelled()  # not sent yet: called off
+            assert not sending.done()  # being sent: finished, never cut
+            sending.cancel()
+            assert not claims[lost_id].hold.may_send()
+        finally:
+            await db.dispose()
+        await conn.close()
+
+    asyncio.run(scenario())
+
+
+def test_large_bodies_are_left_out_of_the_claim_and_loaded_while_it_is_held(empty_stack: Stack) -> None:
+    async def scenario() -> None:
+        conn = await _connect(empty_stack)
+        account = f"acct-{uuid.uuid4().hex[:8]}"
+        await conn.execute("INSERT INTO accounts (id, smtp) VALUES ($1, '{}'::jsonb)", account)
+        small_id, large_id = await _queue(conn, account, 2)
+        large = b"y" * (INLINE_BODY + 1)
+        await conn.execute("UPDATE outbox SET raw = $2 WHERE id = $1", large_id, large)
+        db = Database(empty_stack.database_url, pool_size=2)
+        claimer = Claimer(db, 30)
+        try:
+            claims = {c.queue_id: c for c in (await claimer.claim(10)).claims}
+            small, big = claims[small_id], claims[large_id]
+            assert (small.raw, small.size) == (b"raw", 3)
+            assert (big.raw, big.size) == (None, len(large))
+            assert await claimer.load_body(big) == large
+            await conn.execute("UPDATE outbox SET claim_token = 'someone-else' WHERE id = $1", large_id)
+            assert await claimer.load_body(big) is None  # no longer ours
+        finally:
+            await db.dispose()
         await conn.close()
 
     asyncio.run(scenario())

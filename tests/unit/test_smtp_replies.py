@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import aiosmtplib
+import msgspec
+import pytest
 
-from mailgate_sender.smtp_connection import ReplyQueue
+from mailgate_sender.outcome import classify_exception
+from mailgate_sender.smtp_connection import REPLY_TEXT_LIMIT, ReplyQueue
 
 
 def _queue(*sent: str) -> ReplyQueue:
@@ -68,3 +71,38 @@ def test_connection_loss_is_the_error_the_reader_gets() -> None:
     queue = _queue("DATA")
     queue.connection_lost(ConnectionResetError())
     assert isinstance(queue.error, aiosmtplib.SMTPServerDisconnected)
+
+
+def test_a_latin1_reply_is_read_as_text_that_can_be_stored_and_sent_on() -> None:
+    queue = _queue("RCPT TO")
+    queue.data_received(b"550 5.1.1 <x@example.de>: Empf\xe4nger unbekannt\r\n")
+    [(_, reply)] = queue.replies
+    assert reply.message == "5.1.1 <x@example.de>: Empfänger unbekannt"
+    msgspec.json.encode(reply.message)  # no lone surrogate: events can carry it
+
+
+def test_a_nul_in_a_reply_becomes_a_replacement_character() -> None:
+    queue = _queue("RCPT TO")
+    queue.data_received(b"550 5.1.1 Unknown\x00user\r\n")
+    [(_, reply)] = queue.replies
+    assert reply.message == "5.1.1 Unknown\ufffduser"
+
+
+def test_a_reply_text_is_capped() -> None:
+    queue = _queue("DATA")
+    queue.data_received(b"".join(b"550-" + b"y" * 900 + b"\r\n" for _ in range(10)) + b"550 end\r\n")
+    [(_, reply)] = queue.replies
+    assert len(reply.message) == REPLY_TEXT_LIMIT and reply.message.endswith("…")
+
+
+@pytest.mark.parametrize(("exc", "readable"), [
+    (aiosmtplib.SMTPAuthenticationError(535, "5.7.8 Anmeldung ung\udcfcltig"), "535 5.7.8 Anmeldung ungültig"),
+    (aiosmtplib.SMTPResponseException(554, "5.7.1 abgelehnt \udce4\x00"), "554 5.7.1 abgelehnt ä\ufffd"),
+    (aiosmtplib.SMTPServerDisconnected("Verbindung getrennt \udcfc"), "Verbindung getrennt ü"),
+    (aiosmtplib.SMTPConnectTimeoutError("Zeit\udcfcberschreitung"), "Zeitüberschreitung"),
+])
+def test_aiosmtplib_exception_texts_are_made_storable(exc: Exception, readable: str) -> None:
+    # aiosmtplib decodes the replies it reads (connect, EHLO, AUTH) with surrogateescape.
+    outcome = classify_exception(exc, "CONNECT")
+    assert readable in outcome.response
+    msgspec.json.encode(outcome.response)

@@ -22,14 +22,20 @@ class TransientError(Exception):
 
 # Besides the connection errors (which include a server starting or shutting
 # down): the pool waited in vain for a connection, too many clients are
-# connected, or a concurrent transaction won (a retry succeeds).
+# connected, a concurrent transaction won (a retry succeeds), the server is a
+# standby during a failover, or a connection broke mid-operation as the server
+# went away (asyncpg's "another operation is in progress").
 _TRANSIENT: tuple[type[BaseException], ...] = (
     *CONNECTION_ERRORS,
     TransientError,
     sqlalchemy.exc.TimeoutError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
     asyncpg.TooManyConnectionsError,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.InternalClientError,
 )
 
 

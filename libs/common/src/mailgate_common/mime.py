@@ -33,6 +33,7 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.utils import format_datetime, formataddr, getaddresses
 
 from mailgate_common.submission import Address, Attachment, SubmitRequest, as_list
+from mailgate_common.text import clean_text
 
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")
 # Headers the structured fields own; a custom header may not override them.
@@ -144,8 +145,10 @@ def _message_id(field_name: str, value: str) -> str:
 
 
 def _decode_base64(field_name: str, data: str) -> bytes:
+    # Line breaks (MIME-style base64) are fine; anything else outside the
+    # alphabet would be dropped silently and corrupt the attachment.
     try:
-        return base64.b64decode(data.encode("ascii"), validate=False)
+        return base64.b64decode("".join(data.split()).encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError) as exc:
         raise InvalidMessage(field_name, "is not valid base64") from exc
 
@@ -173,6 +176,10 @@ def build_message(
     bcc = _addresses("bcc", as_list(req.bcc))
     reply_to = _addresses("replyTo", as_list(req.reply_to))
     subject = _check_value("subject", req.subject) if req.subject is not None else None
+    if subject is not None and len(subject) > MAX_LINE:
+        # Servers refuse a message with a header line over 998 characters, and an
+        # unbroken subject cannot be folded.
+        raise InvalidMessage("subject", f"is longer than {MAX_LINE} characters")
     message_id = (
         _message_id("messageId", req.message_id) if req.message_id else new_message_id(from_addr[1])
     )
@@ -437,8 +444,10 @@ def prepare_raw(
     subject = headers.get("Subject")
     return PreparedRaw(
         raw=out + (body if body.startswith((b"\r\n", b"\n")) else eol + body),
-        message_id=message_id,
-        subject=_decoded(subject) if subject is not None else None,
+        # Copies kept in outbox columns (the message itself is not touched): a NUL
+        # or undecodable byte in the sender's headers must not fail the insert.
+        message_id=clean_text(message_id, MAX_LINE),
+        subject=clean_text(_decoded(subject), MAX_LINE) if subject is not None else None,
         removed_headers=removed,
         headers=headers,
     )

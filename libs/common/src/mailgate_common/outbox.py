@@ -53,6 +53,11 @@ class NewMessage:
     reference: dict[str, Any] | None = None
     copy: bool | None = None
     traceparent: str | None = None
+    # Look the idempotency key up before inserting (REST, where a retry with the
+    # key is common).  False: only when the insert meets it (SMTP, where every
+    # message carries a key and a retry is rare: a lookup per message would cost
+    # a round trip each).
+    lookup_key_first: bool = True
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,7 @@ class Outbox:
         """Commit the message to the outbox, then wake a sender; raises :class:`UnknownAccount`,
         :class:`AccountCannotSend`, :class:`RecipientsSuppressed`, :class:`IdempotencyConflict`."""
         request_hash = fingerprint(msg.request_fingerprint) if msg.request_fingerprint else None
-        if msg.idempotency_key:
+        if msg.idempotency_key and msg.lookup_key_first:
             existing = await _find_idempotent(self.db, msg, request_hash)
             if existing is not None:
                 SUBMISSIONS.labels(msg.source, "replayed").inc()

@@ -15,6 +15,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from mailgate_api import health
 from mailgate_api.accounts.routes import AccountController
 from mailgate_api.auth import AuthPlugin
+from mailgate_api.body_budget import body_budget
 from mailgate_api.deps import Resources
 from mailgate_api.errors import EXCEPTION_HANDLERS
 from mailgate_api.mailbox.routes import MailboxController
@@ -25,6 +26,7 @@ from mailgate_api.suppression.routes import SuppressionController
 from mailgate_api.tracing import tracing_middleware
 from mailgate_api.webhooks.routes import WebhookController
 from mailgate_common import malloc
+from mailgate_common.budget import Budget
 from mailgate_common.bus import Bus
 from mailgate_common.crypto import Sealer
 from mailgate_common.db import Database
@@ -77,6 +79,8 @@ def create_app(settings: Settings) -> Litestar:
     def provide_resources() -> Resources:
         return resources
 
+    max_body = int(settings.max_message_size * 1.4) + 65536  # base64 and JSON around the largest message
+
     return Litestar(
         route_handlers=[
             AccountController,
@@ -92,10 +96,10 @@ def create_app(settings: Settings) -> Litestar:
         ],
         dependencies={"res": Provide(provide_resources, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[tracing_middleware],
+        middleware=[body_budget(Budget(settings.api_body_budget), max_body), tracing_middleware],
         plugins=[AuthPlugin(resources)],
         lifespan=[lifespan],
-        request_max_body_size=int(settings.max_message_size * 1.4) + 65536,
+        request_max_body_size=max_body,
         openapi_config=OpenAPIConfig(
             title="mailgate API",
             version="0.1.0",

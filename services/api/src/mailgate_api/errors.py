@@ -13,9 +13,8 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from mailgate_common.db.session import CONNECTION_ERRORS
+from mailgate_common.failures import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +89,15 @@ def handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[
 
 
 def handle_database_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    # Nothing was committed: tell the client to retry rather than guessing.
+    # Usually nothing was committed, but a connection lost while COMMIT was on its
+    # way leaves it unknown: say so, and how to retry safely.
     log.warning("database unavailable: %r", exc)
-    return _respond(503, "Database unavailable, nothing was stored; retry later")
+    return _respond(503, "Database unavailable; the request was probably not stored. Retry it "
+                    "(with the same Idempotency-Key, so it can never be queued twice)")
 
 
 def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    if isinstance(exc, (OperationalError, InterfaceError, *CONNECTION_ERRORS)) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    ):
+    if is_transient(exc):
         return handle_database_down(_, exc)
     log.exception("unhandled error", exc_info=exc)
     return _respond(500, "Internal error")

@@ -6,6 +6,7 @@ the trace continues through the sender and the webhooks service.
 
 from __future__ import annotations
 
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 from opentelemetry import trace
 
@@ -16,7 +17,7 @@ tracer = trace.get_tracer("mailgate.api")
 
 def tracing_middleware(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1"):
+        if scope["type"] != ScopeType.HTTP or not scope["path"].startswith("/v1"):
             await app(scope, receive, send)
             return
         headers = dict(scope.get("headers", []))

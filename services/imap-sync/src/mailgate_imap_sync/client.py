@@ -6,6 +6,12 @@ server offers it (or required with ``tls.requireTLS``), else plain text.
 EmailEngine.  aioimaplib 2.0.3 has no STARTTLS helper, so the upgrade is done
 on its transport with ``loop.start_tls``.
 
+Every command goes through a ``Connection`` method with an outer deadline
+(aioimaplib's own timer restarts on every line received, so a server that
+trickles bytes would hold a command for ever); a command past its deadline
+drops the connection.  aioimaplib itself runs on ``protocol.BoundedProtocol``:
+responses of any number of lines, bytes per command bounded.
+
 A watched account spends nearly all its life in IDLE, so ``Connection.idle``
 holds as little as possible meanwhile: aioimaplib's client (its protocol,
 queue, events and locks: about a quarter of an account's memory) is dropped
@@ -18,25 +24,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import re
 import ssl
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from aioimaplib import aioimaplib  # type: ignore[import-untyped]  # ships no type hints
 
+from mailgate_common import urls
 from mailgate_imap_sync import parse
+from mailgate_imap_sync.protocol import (
+    BoundedProtocol,
+    Client,
+    ConnectError,
+    ImapError,
+    ProtocolError,
+    ResponseTooLarge,
+    ResumedClient,
+)
 
+__all__ = ["AuthError", "ConnectError", "Connection", "ImapError", "ProtocolError", "RefusedHost",
+           "ResponseTooLarge", "connect", "quote"]
 
-class ImapError(Exception):
-    """Anything that went wrong talking to the server (retry with backoff)."""
+T = TypeVar("T")
 
-
-class ConnectError(ImapError):
-    """The server could not be reached or the TLS/greeting failed."""
+# A command moving this many bytes (an APPEND, a message fetched whole) gets one
+# more second on top of the connection's timeout: 12 MiB may take a while.
+MIN_BYTES_PER_SECOND = 256 * 1024
 
 
 class AuthError(ImapError):
     """The server rejected the credentials (retry only much later)."""
+
+
+class RefusedHost(ImapError):
+    """The account may only use public mail servers and this host is not one."""
 
 
 @functools.cache
@@ -58,59 +79,129 @@ def _tls_context(settings: dict[str, Any]) -> ssl.SSLContext:
 class Connection:
     """A logged-in IMAP connection; ``lost`` is True once the socket went away."""
 
-    __slots__ = ("_client", "_listener", "capabilities", "lost", "timeout", "transport")
+    __slots__ = ("_client", "_listener", "capabilities", "lost", "max_bytes", "timeout", "transport")
 
-    def __init__(self, client: aioimaplib.IMAP4, io_timeout: float) -> None:
+    def __init__(self, client: aioimaplib.IMAP4, io_timeout: float, max_bytes: int) -> None:
         self._client: aioimaplib.IMAP4 | None = client
         self._listener: IdleListener | None = None
         self.timeout = io_timeout
+        self.max_bytes = max_bytes
         self.lost = False
         # Filled in by ``connect``; shared by all connections to the same server.
         self.capabilities: frozenset[str] = frozenset()
         self.transport: asyncio.Transport | None = None
 
     @property
-    def client(self) -> aioimaplib.IMAP4:
+    def _protocol(self) -> BoundedProtocol:
         if self._client is None:
             raise ImapError("connection is in IDLE")
-        return self._client
+        protocol: BoundedProtocol = self._client.protocol
+        return protocol
 
     def on_lost(self, _exc: Exception | None = None) -> None:
         self.lost = True
         if self._listener is not None:
             self._listener.wake()
 
-    async def command(self, name: str, *args: str) -> aioimaplib.Response:
-        response = await self.client.protocol.execute(
-            aioimaplib.Command(name, self.client.protocol.new_tag(), *args,
-                               loop=self.client.protocol.loop)
-        )
-        return response
+    async def _run(self, what: str, command: Awaitable[T], size: int = 0) -> T:
+        """``command`` within the connection's deadline; past it the connection is dropped."""
+        deadline = self.timeout + size / MIN_BYTES_PER_SECOND
+        try:
+            async with asyncio.timeout(deadline):
+                return await command
+        except (TimeoutError, aioimaplib.CommandTimeout):
+            self.abort(ConnectError(f"{what}: no complete answer within {deadline:.0f} s"))
+            raise ConnectError(f"{what}: no complete answer within {deadline:.0f} s") from None
+        except aioimaplib.AioImapException as exc:
+            self.abort(ProtocolError(f"{what}: {type(exc).__name__}: {exc}"))
+            raise ProtocolError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
-    async def checked(self, response: aioimaplib.Response, what: str) -> aioimaplib.Response:
+    def abort(self, error: ImapError) -> None:
+        """Drop the connection; whatever is pending fails with ``error``."""
+        self.lost = True
+        if self._client is not None:
+            self._protocol.fail(error)
+        elif self.transport is not None:
+            self.transport.abort()
+
+    async def _checked(self, what: str, command: Awaitable[Any], size: int = 0) -> Any:
+        response = await self._run(what, command, size)
         if response.result != "OK":
             raise ImapError(f"{what} failed: {response.result} {_text(response)}")
         return response
 
+    async def command(self, name: str, *args: str) -> Any:
+        """A command aioimaplib has no method for (STARTTLS)."""
+        protocol = self._protocol
+        return await self._run(name, protocol.execute(
+            aioimaplib.Command(name, protocol.new_tag(), *args, loop=protocol.loop)))
+
     async def list_folders(self) -> list[parse.Folder]:
+        protocol = self._protocol
         if "SPECIAL-USE" in self.capabilities:
-            response = await asyncio.wait_for(
-                self.client.protocol.simple_command("LIST", '""', '"*"', "RETURN", "(SPECIAL-USE)"),
-                self.client.timeout,
-            )
+            response = await self._run("LIST", protocol.simple_command(
+                "LIST", '""', '"*"', "RETURN", "(SPECIAL-USE)"))
             if response.result == "OK":
                 return parse.parse_list(response.lines)
-        response = await self.checked(await self.client.list('""', '"*"'), "LIST")
+        response = await self._checked("LIST", protocol.simple_command("LIST", '""', '"*"'))
         return parse.parse_list(response.lines)
 
     async def select(self, path: str) -> dict[str, int]:
-        response = await self.checked(await self.client.select(_quote(path)), f"SELECT {path}")
+        protocol = self._protocol
+        # What the server announces from here on is about this folder.
+        protocol.expunged = False
+        response = await self._checked(f"SELECT {path}", protocol.select(quote(path)))
         return parse.select_info(response.lines)
 
-    async def idle(self, duration: float, settle: float) -> bool:
-        """IDLE on the selected folder for up to ``duration`` seconds; True as soon as
-        the server reports a change (plus ``settle`` seconds, so that a burst of
-        pushes makes one resync).  Raises ``ConnectError`` if the connection drops."""
+    def announced(self) -> tuple[int | None, bool]:
+        """The folder's message count as last announced (EXISTS) since SELECT, and
+        whether an expunge was announced (servers tell while other commands run)."""
+        protocol = self._protocol
+        return protocol.exists, protocol.expunged
+
+    async def enable(self, capability: str) -> None:
+        await self._run("ENABLE", self._protocol.simple_command("ENABLE", capability))
+
+    async def status(self, path: str, items: str) -> Any:
+        return await self._run("STATUS", self._protocol.simple_command("STATUS", quote(path), items))
+
+    async def noop(self) -> int:
+        """NOOP; the kinds of change (``parse.Change``) the server reported meanwhile."""
+        response = await self._checked("NOOP", self._protocol.simple_command("NOOP"))
+        kinds = 0
+        for line in response.lines:
+            kinds |= parse.change_of(bytes(line))
+        return kinds
+
+    async def fetch(self, sequence: str, items: str) -> list[parse.FetchedMessage]:
+        """FETCH by sequence numbers (stable while the command runs: no EXPUNGE is sent)."""
+        response = await self._checked("FETCH", self._protocol.fetch(sequence, items))
+        return parse.parse_fetch(response.lines)
+
+    async def uid_fetch(self, uids: str, items: str, size: int = 0) -> list[Any]:
+        """UID FETCH; the response lines.  ``size``: the bytes expected, for the deadline."""
+        response = await self._checked("UID FETCH", self._protocol.fetch(uids, items, by_uid=True), size)
+        lines: list[Any] = response.lines
+        return lines
+
+    async def uid_search(self, *criteria: str) -> list[int]:
+        response = await self._checked("UID SEARCH", self._protocol.search(*criteria, charset=None, by_uid=True))
+        # aioimaplib hands over "* SEARCH 1 2 (MODSEQ 9)" as "1 2 (MODSEQ 9)", the last line
+        # being the tagged answer's text.
+        return parse.search_result(response.lines[:-1])
+
+    async def uid_store(self, uid: int, operation: str, flags: list[str]) -> None:
+        await self._checked("UID STORE", self._protocol.store(str(uid), operation, "(" + " ".join(flags) + ")",
+                                                               by_uid=True))
+
+    async def append(self, raw: bytes, mailbox: str, flags: str) -> None:
+        await self._checked(f"APPEND to {mailbox}", self._protocol.append(raw, quote(mailbox), flags), len(raw))
+
+    async def idle(self, duration: float, settle: float) -> int:
+        """IDLE on the selected folder for up to ``duration`` seconds; returns as soon as
+        the server reports a change (plus ``settle`` seconds, so that a burst of pushes
+        makes one resync) the kinds of change (``parse.Change``), 0 if none.  Raises
+        ``ConnectError`` if the connection drops."""
         transport = self.transport
         if self._client is None or transport is None or self.lost:
             raise ConnectError("connection lost")
@@ -137,6 +228,8 @@ class Connection:
                     if left <= 0:
                         raise ConnectError("no answer to DONE")
                     await listener.wait(left)
+            if listener.failure is not None:
+                raise ResponseTooLarge(listener.failure)
             if self.lost:
                 raise ConnectError("connection lost")
             assert listener.result is not None
@@ -144,13 +237,13 @@ class Connection:
                 raise ImapError(f"IDLE failed: {listener.result.decode(errors='replace')}")
         finally:
             self._listener = None
-        self._client = _resumed_client(transport, self)
+        self._client = ResumedClient(transport, self.timeout, self.max_bytes, self.on_lost, self.capabilities)
         return listener.changed
 
     async def close(self) -> None:
         # LOGOUT is a courtesy; in IDLE or after a loss the socket is simply closed.
         client = self._client
-        if not self.lost and client is not None and not client.has_pending_idle():
+        if not self.lost and client is not None and client.protocol.failure is None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.logout(), 2)
         transport = self.transport or (client.protocol.transport if client is not None else None)
@@ -160,36 +253,43 @@ class Connection:
 
 # One IDLE at a time per connection and nothing else in flight: a fixed tag will do.
 IDLE_TAG = b"MGIDLE"
-_CHANGE = re.compile(rb"^(\* )?(\d+ (EXISTS|EXPUNGE|FETCH|RECENT)|VANISHED)", re.IGNORECASE)
 # A line longer than this without CRLF (a literal, say) is not an IDLE status line.
 MAX_LINE = 8192
 
 
 class IdleListener(asyncio.Protocol):
     """Reads a connection while it is in IDLE: the continuation, the untagged
-    pushes (noting whether one reports a change) and the tagged end.
+    pushes (noting which kinds of change they report) and the tagged end.
 
     Dovecot also sends ``* OK Still here`` every 2 minutes: taken as a change,
     every account resynced every 2 minutes - all at the same moment after they
     connected together, which swamped the database pool.
     """
 
-    __slots__ = ("_connection", "_partial", "_waiter", "accepted", "changed", "result")
+    __slots__ = ("_connection", "_partial", "_received", "_waiter", "accepted", "changed", "failure", "result")
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self._partial = b""
+        self._received = 0
         self._waiter: asyncio.Future[None] | None = None
         self.accepted = False
-        self.changed = False
+        self.changed = 0
+        self.failure: str | None = None
         self.result: bytes | None = None
 
     def data_received(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > self._connection.max_bytes:
+            # An endless stream instead of a few status lines.
+            self.failure = f"the server sent more than {self._connection.max_bytes} bytes in IDLE"
+            self._connection.abort(ResponseTooLarge(self.failure))
+            return
         lines = (self._partial + data).split(b"\r\n")
         self._partial = lines.pop()
         if len(self._partial) > MAX_LINE:
             self._partial = b""
-            self.changed = True
+            self._note(parse.Change.FLAGS)
         for line in lines:
             if line.startswith(b"+") and not self.accepted:
                 self.accepted = True
@@ -197,10 +297,15 @@ class IdleListener(asyncio.Protocol):
             elif line[:len(IDLE_TAG) + 1].upper() == IDLE_TAG + b" ":
                 self.result = line
                 self.wake()
-            elif _CHANGE.match(line):
-                if not self.changed:
-                    self.changed = True
-                    self.wake()
+            else:
+                self._note(parse.change_of(line))
+
+    def _note(self, kinds: int) -> None:
+        if kinds:
+            first = not self.changed
+            self.changed |= kinds
+            if first:
+                self.wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connection.on_lost(exc)
@@ -223,49 +328,54 @@ class IdleListener(asyncio.Protocol):
             self._waiter = None
 
 
-class _ResumedIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]  # aioimaplib ships no type hints
-    """aioimaplib's client over a connection that is already open and logged in."""
-
-    def __init__(self, transport: asyncio.Transport, connection: Connection) -> None:
-        self._resume = transport
-        super().__init__(timeout=connection.timeout, conn_lost_cb=connection.on_lost)
-
-    def create_client(self, host: str, port: int, loop: asyncio.AbstractEventLoop | None,
-                      conn_lost_cb: Any = None, ssl_context: ssl.SSLContext | None = None) -> None:
-        protocol = aioimaplib.IMAP4ClientProtocol(asyncio.get_running_loop(), conn_lost_cb)
-        self.protocol = protocol
-        self._resume.set_protocol(protocol)
-        protocol.connection_made(self._resume)
-        del self._resume
-
-
-def _resumed_client(transport: asyncio.Transport, connection: Connection) -> aioimaplib.IMAP4:
-    client = _ResumedIMAP4(transport, connection)
-    # IDLE is only ever entered with a folder selected.
-    client.protocol.state = aioimaplib.SELECTED
-    client.protocol.capabilities = connection.capabilities
-    return client
-
-
-def _text(response: aioimaplib.Response) -> str:
+def _text(response: Any) -> str:
     return " ".join(bytes(x).decode(errors="replace") for x in response.lines[-1:]).strip()
 
 
-def _quote(path: str) -> str:
-    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def quote(value: str) -> str:
+    """An IMAP quoted string (folder names, search keys)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-async def connect(settings: dict[str, Any], io_timeout: float) -> Connection:
+async def _public_address(host: str) -> str:
+    """The address to connect to for an account limited to public mail servers."""
+    try:
+        return str(await urls.check_public_host(host))
+    except urls.PrivateHost as exc:
+        raise RefusedHost(str(exc)) from None
+    except urls.UnsafeUrl as exc:  # does not resolve
+        raise ConnectError(str(exc)) from None
+
+
+# Steps of a connection (greeting, STARTTLS, capabilities, login, capabilities),
+# each within the timeout: the whole never takes longer than this many timeouts.
+CONNECT_STEPS = 5
+
+
+async def connect(settings: dict[str, Any], io_timeout: float, max_bytes: int,
+                  public_only: bool = False) -> Connection:
+    """A logged-in connection.  ``public_only``: refuse a host that is not public
+    (checked on each connect: DNS answers change)."""
     host, port = settings["host"], int(settings["port"])
+    address = await _public_address(host) if public_only else host
+    async with asyncio.timeout(CONNECT_STEPS * io_timeout):
+        try:
+            return await _connect(settings, host, address, port, io_timeout, max_bytes)
+        except TimeoutError as exc:
+            raise ConnectError(f"no answer from {host}:{port} within {io_timeout:.0f} s") from exc
+
+
+async def _connect(settings: dict[str, Any], host: str, address: str, port: int, io_timeout: float,
+                   max_bytes: int) -> Connection:
     secure = bool(settings.get("secure"))
     tls = settings.get("tls") or {}
-    client = aioimaplib.IMAP4(host, port, timeout=io_timeout,
-                              ssl_context=_tls_context(settings) if secure else None)
-    connection = Connection(client, io_timeout)
+    client = Client(address, port, io_timeout, max_bytes,
+                    ssl_context=_tls_context(settings) if secure else None, server_hostname=host)
+    connection = Connection(client, io_timeout, max_bytes)
     client.protocol.conn_lost_cb = connection.on_lost
     try:
         await client.wait_hello_from_server()
-    except (OSError, TimeoutError, ssl.SSLError, aioimaplib.AioImapException) as exc:
+    except (OSError, TimeoutError, ssl.SSLError, aioimaplib.AioImapException, ImapError) as exc:
         await connection.close()
         raise ConnectError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
     try:
@@ -288,7 +398,7 @@ async def connect(settings: dict[str, Any], io_timeout: float) -> Connection:
     # Capabilities change after login (e.g. CONDSTORE appears).
     capabilities = client.protocol.capabilities
     if not any(c.startswith("IDLE") for c in capabilities) or len(capabilities) < 3:
-        await client.protocol.capability()
+        await connection._run("CAPABILITY", client.protocol.capability())
     connection.capabilities = _shared_capabilities(frozenset(client.protocol.capabilities))
     client.protocol.capabilities = connection.capabilities
     connection.transport = client.protocol.transport
@@ -306,8 +416,8 @@ def _shared_capabilities(capabilities: frozenset[str]) -> frozenset[str]:
 
 
 async def _starttls(connection: Connection, settings: dict[str, Any], io_timeout: float) -> None:
-    protocol = connection.client.protocol
-    response = await asyncio.wait_for(connection.command("STARTTLS"), io_timeout)
+    protocol = connection._protocol
+    response = await connection.command("STARTTLS")
     if response.result != "OK":
         raise ConnectError(f"STARTTLS refused: {_text(response)}")
     loop = asyncio.get_running_loop()
@@ -322,4 +432,4 @@ async def _starttls(connection: Connection, settings: dict[str, Any], io_timeout
     )
     protocol.transport = transport
     # Capabilities before TLS must not be trusted (RFC 3501 6.2.1).
-    await asyncio.wait_for(protocol.capability(), io_timeout)
+    await connection._run("CAPABILITY", protocol.capability())

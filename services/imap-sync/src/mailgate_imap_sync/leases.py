@@ -39,7 +39,7 @@ RENEW_SQL = text(
     UPDATE account_leases l SET expires_at = now() + make_interval(secs => :ttl)
     FROM accounts a
     WHERE l.holder = :me AND a.id = l.account_id AND l.expires_at >= now()
-    RETURNING l.account_id, a.imap, a.credentials
+    RETURNING l.account_id, a.imap, a.credentials, a.extra -> 'publicHostsOnly'
     """
 )
 # Accounts that no longer want IMAP (settings removed or disabled) are let go.
@@ -74,12 +74,12 @@ RELEASE_SQL = text("DELETE FROM account_leases WHERE holder = :me AND account_id
 @dataclass(frozen=True)
 class Held:
     account: str
-    # Changes when the IMAP settings or credentials change: the watcher restarts.
+    # Changes when the IMAP settings, credentials or host policy change: the watcher restarts.
     fingerprint: str
 
 
-def fingerprint(imap: object, credentials: bytes | None) -> str:
-    digest = hashlib.sha256(json.dumps(imap, sort_keys=True).encode())
+def fingerprint(imap: object, credentials: bytes | None, public_only: object = None) -> str:
+    digest = hashlib.sha256(json.dumps([imap, public_only], sort_keys=True).encode())
     digest.update(bytes(credentials or b""))
     return digest.hexdigest()
 
@@ -115,7 +115,7 @@ class Leases:
         """Extend every lease still ours; the result is exactly what we may watch."""
         async with self.db.transaction() as session:
             rows = await session.execute(RENEW_SQL, {"me": self.holder, "ttl": self.ttl})
-            return [Held(account, fingerprint(imap, creds)) for account, imap, creds in rows]
+            return [Held(account, fingerprint(imap, creds, public_only)) for account, imap, creds, public_only in rows]
 
     async def release(self, accounts: list[str], leaving: bool = False) -> None:
         async with self.db.transaction() as session:

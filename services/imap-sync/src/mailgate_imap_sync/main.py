@@ -10,9 +10,14 @@ Three loops:
   settings changed (so an update on any replica reaches the holder);
 * the event relay, for events left behind by a crash.
 
+The heartbeat also runs the watchdog (``watchdog.py``): a watcher that made
+no progress for far longer than any step may take, outside IDLE, is
+cancelled and started again; while one will not end, the replica is not ready.
+
 Commands (``imap.append_sent``, ``imap.set_flags``) and requests
 (``rpc.imap.fetch``: the api reading a message) are handled by whichever
-replica receives them, over a short-lived connection (see ``commands.py``).
+replica receives them, over a command connection per account that is reused
+and closed after a minute unused (see ``commands.py``).
 On SIGTERM the watchers stop and the leases are released, so other replicas
 take the accounts over at their next scan instead of waiting for expiry.
 """
@@ -26,6 +31,7 @@ import os
 import socket
 import time
 import uuid
+from typing import NamedTuple
 
 from prometheus_client import Gauge
 
@@ -41,6 +47,7 @@ from mailgate_common.tasks import cancel_and_wait
 from mailgate_imap_sync import state
 from mailgate_imap_sync.commands import Commands
 from mailgate_imap_sync.leases import Leases
+from mailgate_imap_sync.watchdog import Watchdog
 from mailgate_imap_sync.watcher import Watcher
 
 log = logging.getLogger("mailgate.imap-sync")
@@ -51,6 +58,15 @@ WATCHED = Gauge("mailgate_imap_accounts_watched", "Accounts this replica holds a
 OPENING_PER_DB_CONNECTION = 2
 # SIGTERM: watchers get this long to log out, then their sockets are just closed.
 STOP_DEADLINE = 5.0
+# No step of a watcher (one IMAP command: the timeout plus time for a large
+# fetch; one database call: pool wait plus statement timeout) takes this long.
+STALL_TIMEOUTS = 4
+STALL_MARGIN = 60.0
+
+
+class Watched(NamedTuple):
+    task: asyncio.Task[None]
+    watcher: Watcher
 
 
 class ImapSyncService:
@@ -59,12 +75,14 @@ class ImapSyncService:
         self.db = Database(settings.database_url, pool_size=settings.db_pool_size)
         self.bus = Bus.from_settings(settings)
         self.relay = EventRelay(self.db, self.bus)
-        self.sealer = Sealer(settings.secret)
+        # The previous secret too: during a rotation some credentials are still sealed with it.
+        self.sealer = Sealer.from_settings(settings.secret, settings.secret_previous)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.leases = Leases(self.db, self.holder, settings.imap_lease_ttl, settings.imap_lease_batch)
         self.commands = Commands(settings, self.db, self.sealer)
-        self.watchers: dict[str, tuple[asyncio.Task[None], str]] = {}
+        self.watchers: dict[str, Watched] = {}
         self.opening = asyncio.Semaphore(max(4, OPENING_PER_DB_CONNECTION * settings.db_pool_size))
+        self.watchdog = Watchdog(STALL_TIMEOUTS * settings.imap_timeout + STALL_MARGIN, STOP_DEADLINE)
         self.scan_now = asyncio.Event()
         self.loops: list[asyncio.Task[None]] = []
 
@@ -76,12 +94,13 @@ class ImapSyncService:
             asyncio.create_task(self.scan_loop()),
             asyncio.create_task(self.heartbeat_loop()),
             asyncio.create_task(self.relay.run()),
+            asyncio.create_task(self.commands.connections.run()),
             asyncio.create_task(retention.run_periodically(lambda: retention.prune_bounces(self.db, self.settings))),
         ]
         log.info("imap-sync replica %s", self.holder)
 
     async def ready(self) -> bool:
-        return self.bus.connected and await self.db.ping()
+        return self.bus.connected and self.watchdog.healthy and await self.db.ping()
 
     async def on_event(self, event: events.AnyEvent) -> None:
         if isinstance(event, events.AccountChanged):
@@ -107,7 +126,7 @@ class ImapSyncService:
                     log.info("took the leases of %d accounts", len(taken))
                 for account in taken:
                     if account not in self.watchers:
-                        self._start_watcher(account, "")
+                        self._start_watcher(account)
                 # A full batch: more accounts are probably free.  Take the next batch
                 # soon rather than a whole interval later (1,000 accounts would need
                 # 100 intervals); the pause still lets replicas started together see
@@ -144,33 +163,45 @@ class ImapSyncService:
                 # replica starts (it waits for expiry, we stop now).
                 log.warning("lease renewal failed, stopping watchers: %r", exc)
                 held = {}
+            await self._restart_hung()
             lost = [a for a in self.watchers if a in started and a not in held]
             if lost:
                 log.info("leases of %d accounts lost, stopping their watchers: %s",
                          len(lost), ", ".join(lost[:10]))
                 await self._stop_watchers(lost)
+            # Against the settings each watcher runs with (it read them itself: no race
+            # with a change made just after it started).
             changed = [a for a, fingerprint in held.items()
-                       if a in self.watchers and self.watchers[a][1] not in ("", fingerprint)]
+                       if a in self.watchers and self.watchers[a].watcher.fingerprint not in ("", fingerprint)]
             if changed:
                 log.info("settings of %s changed, reconnecting", ", ".join(changed))
                 await self._stop_watchers(changed)
-            for account, fingerprint in held.items():
-                current = self.watchers.get(account)
-                if current is None:
-                    self._start_watcher(account, fingerprint)
-                elif not current[1]:
-                    self.watchers[account] = (current[0], fingerprint)
+            for account in held:
+                if account not in self.watchers:
+                    self._start_watcher(account)
 
-    def _start_watcher(self, account: str, fingerprint: str) -> None:
+    async def _restart_hung(self) -> None:
+        for account in self.watchdog.hung((a, w.watcher) for a, w in self.watchers.items()):
+            entry = self.watchers.pop(account, None)
+            if entry is None:
+                continue
+            state.forget(account)
+            await self.watchdog.stop(account, entry.task)
+            # The lease is still ours: watch the account afresh.
+            if account not in self.watchers:
+                self._start_watcher(account)
+
+    def _start_watcher(self, account: str) -> None:
         watcher = Watcher(self.settings, self.db, self.relay, self.sealer, account, self.opening)
         task = asyncio.create_task(watcher.run(), name=f"watch:{account}")
-        self.watchers[account] = (task, fingerprint)
+        self.watchers[account] = Watched(task, watcher)
         WATCHED.set(len(self.watchers))
 
         def done(t: asyncio.Task[None]) -> None:
             if not t.cancelled() and t.exception() is not None:
                 log.error("watcher of %s crashed: %r", account, t.exception())
-            if self.watchers.get(account, (None, ""))[0] is t:
+            current = self.watchers.get(account)
+            if current is not None and current.task is t:
                 del self.watchers[account]
                 WATCHED.set(len(self.watchers))
 
@@ -188,7 +219,7 @@ class ImapSyncService:
         for account in accounts:
             entry = self.watchers.pop(account, None)
             if entry is not None:
-                tasks.append(entry[0])
+                tasks.append(entry.task)
             state.forget(account)
         WATCHED.set(len(self.watchers))
         pending = await cancel_and_wait(tasks, deadline)
@@ -210,6 +241,7 @@ class ImapSyncService:
         except Exception as exc:
             log.warning("could not release leases (they expire on their own): %r", exc)
         log.info("stop: leases released after %.1f s", time.monotonic() - started)
+        await self.commands.connections.close()
         await self.bus.close()
         await self.db.dispose()
         log.info("stop: done after %.1f s", time.monotonic() - started)

@@ -6,15 +6,20 @@
         ├──► authenticationError   backoff, then connecting again
         │     (retry only after imap_auth_retry: a wrong password must not
         │      hammer the server or get the mailbox locked)
-        └──► connectError (backoff imap_retry_base … imap_retry_max)
+        └──► connectError (backoff imap_retry_base … imap_retry_max; a host
+              the account may not use waits imap_auth_retry)
 
-Any IDLE push (EXISTS, EXPUNGE, FETCH) triggers a resync of the folder, which
-diffs UIDs and flags against the index (see ``index.py``).
+Any IDLE push (EXISTS, EXPUNGE, FETCH) triggers a sync of the folder, which
+costs what changed, not what the folder holds (see ``sync.py``).
 
 The other folders the account asks for (``path``, see ``folders.py``) share
 the same connection: every ``imap_folder_poll`` seconds IDLE is ended, each
-folder gets a cheap STATUS, and only a changed one is resynced the same way;
+folder gets a cheap STATUS, and only a changed one is synced the same way;
 then INBOX is selected again and IDLE resumes.
+
+``busy_since`` tells the replica's watchdog (``watchdog.py``) when the watcher
+last made progress while working; it is 0.0 while it waits (IDLE, backoff,
+its turn for the ``opening`` semaphore).
 """
 
 from __future__ import annotations
@@ -23,43 +28,33 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
 from sqlalchemy import delete, update
 from sqlalchemy.dialects.postgresql import insert
 
 from mailgate_common.backoff import backoff_delay
-from mailgate_common.crypto import CredentialError, Sealer, with_secret
+from mailgate_common.crypto import CredentialError, Sealer
 from mailgate_common.db import Database
-from mailgate_common.db.models import Account, IndexedMessage, Mailbox
+from mailgate_common.db.models import IndexedMessage, Mailbox
 from mailgate_common.event_relay import EventRelay
 from mailgate_common.settings import Settings
-from mailgate_imap_sync import bounces, folders, parse
-from mailgate_imap_sync.client import AuthError, ConnectError, Connection, ImapError, _quote, connect
-from mailgate_imap_sync.index import FolderIndex, FolderState
+from mailgate_imap_sync import accounts, folders, parse
+from mailgate_imap_sync.accounts import ImapAccount
+from mailgate_imap_sync.client import AuthError, ConnectError, Connection, ImapError, RefusedHost, ResponseTooLarge
+from mailgate_imap_sync.index import FolderIndex
 from mailgate_imap_sync.state import set_state
+from mailgate_imap_sync.sync import ANY_CHANGE, FolderSync
 
 log = logging.getLogger(__name__)
 
-# The bounce hint fields ride along so deciding what to check costs no round trip.
-FETCH_NEW = (f"(UID FLAGS RFC822.SIZE INTERNALDATE "
-             f"BODY.PEEK[HEADER.FIELDS ({parse.HEADER_FIELDS} {bounces.HINT_FIELDS})])")
-# Coalesce a burst of IDLE pushes into one resync.
+# Coalesce a burst of IDLE pushes into one sync.
 PUSH_SETTLE = 0.1
-
-
-async def account_settings(db: Database, sealer: Sealer, account: str) -> dict[str, Any] | None:
-    async with db.sessions() as session:
-        row = await session.get(Account, account)
-    if row is None or not row.imap:
-        return None
-    secret = sealer.open(row.credentials).get("imap") if row.credentials else None
-    return with_secret(row.imap, secret)
 
 
 class Watcher:
     # Thousands live in one process: no per-instance __dict__.
-    __slots__ = ("account", "db", "failures", "listed", "opening", "relay", "sealer", "settings")
+    __slots__ = ("account", "busy_since", "db", "failures", "fingerprint", "listed", "opening", "relay", "sealer",
+                 "settings")
 
     def __init__(self, settings: Settings, db: Database, relay: EventRelay, sealer: Sealer,
                  account: str, opening: asyncio.Semaphore) -> None:
@@ -72,11 +67,22 @@ class Watcher:
         # once (see ``_session`` and ``_watch``).
         self.opening = opening
         self.failures = 0
+        self.busy_since = 0.0
+        # Of the settings this watcher last read ("" before): the heartbeat restarts
+        # the watcher when the stored ones differ.
+        self.fingerprint = ""
         # The folders the server listed last (LIST is repeated on each folder poll).
         self.listed: list[parse.Folder] = []
 
+    def progress(self) -> None:
+        self.busy_since = time.monotonic()
+
+    def rest(self) -> None:
+        self.busy_since = 0.0
+
     async def run(self) -> None:
         while True:
+            self.progress()
             try:
                 delay = await self._attempt()
             except asyncio.CancelledError:
@@ -87,6 +93,7 @@ class Watcher:
                 # the next heartbeat notices.
                 log.warning("%s: watcher error, retrying: %r", self.account, exc)
                 delay = self._backoff()
+            self.rest()
             if delay is None:
                 return
             await asyncio.sleep(delay)
@@ -94,15 +101,16 @@ class Watcher:
     async def _attempt(self) -> float | None:
         """One connection attempt; how long to wait before the next (None: stop)."""
         try:
-            imap = await account_settings(self.db, self.sealer, self.account)
+            imap = await accounts.load(self.db, self.sealer, self.account)
         except CredentialError as exc:
             await set_state(self.db, self.relay, self.account, "connectError", str(exc))
             return self.settings.imap_auth_retry
         if imap is None:
             return None
+        self.fingerprint = imap.fingerprint
         return await self._session(imap)
 
-    async def _session(self, imap: dict[str, Any]) -> float:
+    async def _session(self, imap: ImapAccount) -> float:
         """One connection's life; returns how long to wait before the next.
 
         Connecting, logging in and the first sync run under ``opening``: when a
@@ -113,19 +121,32 @@ class Watcher:
         """
         connection: Connection | None = None
         try:
+            self.rest()
             async with self.opening:
+                self.progress()
                 await set_state(self.db, self.relay, self.account, "connecting")
-                connection = await connect(imap, self.settings.imap_timeout)
-                spec = folders.watch_spec(imap)
+                connection = await imap.connect(self.settings.imap_timeout, self.settings.imap_max_response_bytes)
+                spec = folders.watch_spec(imap.settings)
                 # Logged in: the settings (with the password) are not needed any more, and
                 # would otherwise stay referenced by this frame for the connection's life.
-                imap.clear()
+                imap.settings.clear()
                 inbox = await self._open(connection, spec)
             await self._watch(connection, spec, inbox)
             return 0.0
         except AuthError as exc:
             log.warning("%s: login rejected: %s", self.account, exc)
             await set_state(self.db, self.relay, self.account, "authenticationError", str(exc))
+            return self.settings.imap_auth_retry
+        except RefusedHost as exc:
+            # A setting, not an outage: retried as rarely as a wrong password.
+            log.warning("%s: %s", self.account, exc)
+            await set_state(self.db, self.relay, self.account, "connectError", str(exc))
+            return self.settings.imap_auth_retry
+        except ResponseTooLarge as exc:
+            # The server will send it again: each try costs the replica the bound's worth
+            # of reading, so it is made as rarely as after a wrong password.
+            log.warning("%s: connection dropped: %s", self.account, exc)
+            await set_state(self.db, self.relay, self.account, "disconnected", str(exc))
             return self.settings.imap_auth_retry
         except (ImapError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             if connection is None:
@@ -155,7 +176,7 @@ class Watcher:
         """Everything up to ``connected``: folders listed, INBOX (and ``spec``) indexed."""
         if "CONDSTORE" in connection.capabilities and "ENABLE" in connection.capabilities:
             # SELECT then reports HIGHESTMODSEQ and FETCH reports MODSEQ.
-            await connection.client.enable("CONDSTORE")
+            await connection.enable("CONDSTORE")
         self.listed = await connection.list_folders()
         await self._store_folders(self.listed)
         await self._forget_unwatched(spec)
@@ -179,26 +200,36 @@ class Watcher:
             if connection.lost:
                 raise ConnectError("connection lost")
             until_poll = max(0.0, next_poll - time.monotonic()) if spec else None
+            self.rest()
             if idle:
                 pushed = await self._idle(connection, until_poll)
             else:
                 await asyncio.sleep(self.settings.imap_poll_interval if until_poll is None
                                     else min(self.settings.imap_poll_interval, until_poll))
-                await connection.checked(await connection.client.noop(), "NOOP")
-                pushed = True
-            left_inbox = False
-            if spec and time.monotonic() >= next_poll:
-                left_inbox = await self._poll_folders(connection, spec)
-                next_poll = time.monotonic() + self.settings.imap_folder_poll
-            if pushed or left_inbox:
-                # Also re-selects INBOX, which the next IDLE watches.  Bounded like the
-                # first sync: mail reaching every account at once must queue here, not
-                # time out waiting for a pooled database connection.
-                async with self.opening:
-                    await self._sync(connection, inbox)
+                self.progress()
+                # NOOP reports what changed; new mail and expunges are also seen in the
+                # counts, so a quiet answer still gets the cheap check for them.
+                pushed = await connection.noop() or int(parse.Change.EXISTS)
+            poll = bool(spec) and time.monotonic() >= next_poll
+            if not (pushed or poll):
+                continue
+            # Bounded like the first sync: mail reaching every account at once must
+            # queue here, not time out waiting for a pooled database connection.
+            async with self.opening:
+                self.progress()
+                left_inbox = False
+                if poll:
+                    left_inbox = await self._poll_folders(connection, spec)
+                    next_poll = time.monotonic() + self.settings.imap_folder_poll
+                if pushed or left_inbox:
+                    # Also re-selects INBOX, which the next IDLE watches.
+                    await self._sync(connection, inbox, pushed or ANY_CHANGE)
+
+    async def _sync(self, connection: Connection, folder: FolderIndex, pushed: int = ANY_CHANGE) -> None:
+        await FolderSync(connection, folder, self.relay, self.progress).run(pushed)
 
     async def _poll_folders(self, connection: Connection, spec: list[str], relist: bool = True) -> bool:
-        """Resync every watched folder whose STATUS changed; True if any was selected."""
+        """Sync every watched folder whose STATUS changed; True if any was selected."""
         if relist:
             # Listed again each round: a folder created (or renamed) since is found.
             listed = await connection.list_folders()
@@ -210,9 +241,10 @@ class Watcher:
         condstore = "CONDSTORE" in connection.capabilities
         for folder in folders.watched(spec, self.listed):
             index = FolderIndex(self.db, self.account, folder.path, folder.special_use)
-            response = await connection.client.status(
-                _quote(folder.path), folders.STATUS_ITEMS if condstore else folders.STATUS_ITEMS_PLAIN
+            response = await connection.status(
+                folder.path, folders.STATUS_ITEMS if condstore else folders.STATUS_ITEMS_PLAIN
             )
+            self.progress()
             if response.result != "OK":
                 # Deleted between LIST and STATUS: not worth dropping the connection.
                 log.info("%s: STATUS %s failed: %s", self.account, folder.path, response.result)
@@ -243,79 +275,23 @@ class Watcher:
                 .values(uidvalidity=None, uidnext=None, highestmodseq=None, messages=0, synced_at=None)
             )
 
-    async def _idle(self, connection: Connection, until: float | None = None) -> bool:
+    async def _idle(self, connection: Connection, until: float | None = None) -> int:
         """IDLE until the server reports a change, the connection drops, it is time to
-        renew or ``until`` seconds passed; True when the server reported something."""
+        renew or ``until`` seconds passed; the kinds of change reported (0: none)."""
         if until is not None and until <= 0:
-            return False
+            return 0
         restart = self.settings.imap_idle_restart
         return await connection.idle(restart if until is None else min(until, restart), PUSH_SETTLE)
 
-    async def _sync(self, connection: Connection, folder: FolderIndex) -> None:
-        info = await connection.select(folder.path)
-        uidvalidity = info.get("uidvalidity", 0)
-        current = await self._changed_flags(connection, folder, info)
-        seen, index = await folder.known(uidvalidity)
-        if current is None:
-            response = await connection.checked(
-                await connection.client.uid("fetch", "1:*", "(UID FLAGS)"), "UID FETCH"
-            )
-            current = {m.uid: m.flags for m in parse.parse_fetch(response.lines)}
-        else:
-            # Only flags changed: the index plus the CONDSTORE changes is the folder.
-            current = {uid: flags for uid, (_, flags) in index.items()} | current
-        new = [uid for uid in current if uid not in index]
-        fetched: list[parse.FetchedMessage] = []
-        for start in range(0, len(new), 200):
-            chunk = parse.uid_set(new[start:start + 200])
-            response = await connection.checked(
-                await connection.client.uid("fetch", chunk, FETCH_NEW), "UID FETCH"
-            )
-            fetched += parse.parse_fetch(response.lines)
-        if seen and fetched and folder.path == "INBOX":
-            # Before the index commit: a crash in between re-checks the same mail
-            # on the next sync, and the bounces table drops the repeat.
-            await bounces.check_new(connection, self.db, self.relay, self.account, folder.path,
-                                    uidvalidity, fetched)
-        state = FolderState(uidvalidity, info.get("uidnext"), info.get("highestmodseq"), current)
-        staged = await folder.apply(state, index, fetched, announce=seen)
-        await self.relay.publish_committed(staged)
-
-    async def _changed_flags(
-        self, connection: Connection, folder: FolderIndex, info: dict[str, int]
-    ) -> dict[int, list[str]] | None:
-        """With CONDSTORE, when no message came or went, fetch only changed flags.
-
-        Same UIDVALIDITY, same UIDNEXT (nothing added) and same count (so
-        nothing removed) leave flag changes as the only possible difference;
-        then ``CHANGEDSINCE`` returns just those, which keeps large folders
-        cheap.  Returns None when a full comparison is needed.
-        """
-        modseq = info.get("highestmodseq")
-        if "CONDSTORE" not in connection.capabilities or modseq is None:
-            return None
-        stored = await folder.stored()
-        if (stored is None or stored.synced_at is None or stored.highestmodseq is None
-                or stored.uidvalidity != info.get("uidvalidity")
-                or stored.uidnext != info.get("uidnext") or stored.messages != info.get("exists")):
-            return None
-        if stored.highestmodseq == modseq:
-            return {}
-        response = await connection.checked(
-            await connection.client.uid("fetch", "1:*", f"(UID FLAGS) (CHANGEDSINCE {stored.highestmodseq})"),
-            "UID FETCH CHANGEDSINCE",
-        )
-        return {m.uid: m.flags for m in parse.parse_fetch(response.lines)}
-
     async def _store_folders(self, folders: list[parse.Folder]) -> None:
+        if not folders:
+            return
+        statement = insert(Mailbox).values([
+            {"account_id": self.account, "path": f.path, "special_use": f.special_use, "delimiter": f.delimiter}
+            for f in {f.path: f for f in folders}.values()
+        ])
         async with self.db.transaction() as session:
-            for folder in folders:
-                await session.execute(
-                    insert(Mailbox)
-                    .values(account_id=self.account, path=folder.path,
-                            special_use=folder.special_use, delimiter=folder.delimiter)
-                    .on_conflict_do_update(
-                        index_elements=["account_id", "path"],
-                        set_={"special_use": folder.special_use, "delimiter": folder.delimiter},
-                    )
-                )
+            await session.execute(statement.on_conflict_do_update(
+                index_elements=["account_id", "path"],
+                set_={"special_use": statement.excluded.special_use, "delimiter": statement.excluded.delimiter},
+            ))

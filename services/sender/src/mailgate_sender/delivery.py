@@ -1,21 +1,26 @@
 """One delivery attempt of one claimed outbox message, from claim to recorded outcome.
 
-    claim (claims.py: many at once, queued|deferred -> sending)
+    claim (claims.py: many at once, queued|deferred -> sending; renewed while held)
+      -> taken over too often? failed, not tried again
       -> the account's SMTP settings (cached, credentials decrypted once)
       -> per-account limits (may hand the message back: no attempt spent)
-      -> the account's connection slot, then one of the process's SMTP slots
+      -> room in the byte budget for its body (large bodies only), the
+         account's connection slot, then one of the process's SMTP slots
+      -> its body, loaded now if it did not come with the claim
       -> SMTP transaction on a pooled connection
       -> outcome written with other messages' in one durable commit (recorder.py)
       -> events published once that commit is done
 
 A message is only ever finished by the sender still holding its claim, and
 ``sent`` is final, so redelivered events and racing replicas never send twice.
+The send is recorded before anything else is done about it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -27,18 +32,26 @@ from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from sqlalchemy import update
 
-from mailgate_common import events, lifecycle
+from mailgate_common import events, lifecycle, urls
 from mailgate_common.backoff import backoff_delay
+from mailgate_common.budget import Budget
 from mailgate_common.crypto import CredentialError, Sealer, with_secret
 from mailgate_common.db import Database
-from mailgate_common.db.models import Account, DeliveryAttempt, OutboxMessage
+from mailgate_common.db.models import (
+    EXTRA_PUBLIC_HOSTS_ONLY,
+    EXTRA_RETRY_UNKNOWN_OUTCOME,
+    Account,
+    DeliveryAttempt,
+    OutboxMessage,
+)
 from mailgate_common.settings import Settings
 from mailgate_common.telemetry import context_from_traceparent, current_traceparent
-from mailgate_sender.claims import Claim
+from mailgate_sender.claims import BodyGone, Claim, Claimer
 from mailgate_sender.limits import Limits, acquire, effective_limits, is_slow_down, throttle_delay
 from mailgate_sender.outcome import Outcome
 from mailgate_sender.recorder import Record, Recorder
 from mailgate_sender.smtp_client import SmtpPool, SmtpServer
+from mailgate_sender.smtp_connection import Abandoned
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("mailgate.sender")
@@ -52,6 +65,7 @@ QUEUE_LAG = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
 ACCOUNT_TTL = 5.0  # seconds an account's SMTP settings are reused before re-reading
+
 # A span per message costs more CPU than the rest of its bookkeeping: only built
 # when someone collects them (the operator configured an OTLP endpoint).  Without
 # spans the submit's trace context still travels on to the events.
@@ -69,18 +83,24 @@ class Sending:
     copy: bool | None
     imap: bool
     throttle_level: int
+    retry_unknown: bool  # an unknown outcome is retried like a temporary failure
 
 
 class Deliverer:
-    def __init__(self, settings: Settings, db: Database, recorder: Recorder) -> None:
+    def __init__(self, settings: Settings, db: Database, recorder: Recorder, claimer: Claimer) -> None:
         self.settings = settings
         self.db = db
         self.recorder = recorder
-        self.pool = SmtpPool(settings.smtp_timeout, settings.sender_concurrency, settings.smtp_helo_name)
+        self.claimer = claimer
+        self.pool = SmtpPool(settings.smtp_timeout, settings.sender_concurrency, settings.smtp_helo_name,
+                             data_timeout=settings.smtp_data_timeout)
         self.sealer = Sealer.from_settings(settings.secret, settings.secret_previous)
         self._accounts: dict[str, tuple[float, Sending | None]] = {}
         self._loading: dict[str, asyncio.Future[Sending | None]] = {}
-        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._slots: dict[str, Budget] = {}
+        # Bytes of bodies loaded for their exchange (those that came with their
+        # claim are small, and bounded by the number of claims).
+        self.bodies = Budget(settings.sender_body_budget)
         # SMTP exchanges at once (each holds a connection).  Taken after the
         # account's own connection slot, so a message waiting for its account
         # never keeps another account's message from a connection.
@@ -97,13 +117,26 @@ class Deliverer:
             return cached[1]
         loading = self._loading.get(account_id)
         if loading is not None:  # a batch of one account's messages reads it once
-            return await asyncio.shield(loading)
+            try:
+                return await asyncio.shield(loading)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not loading.cancelled() or (task is not None and task.cancelling()):
+                    raise
+                # The delivery reading it was called off (its claim lost): read it here.
+                return await self._sending(account_id)
         future: asyncio.Future[Sending | None] = asyncio.get_running_loop().create_future()
         self._loading[account_id] = future
         try:
             async with self.db.sessions() as session:
                 account = await session.get(Account, account_id)
             sending = self._parse(account) if account is not None else None
+            restricted = account is not None and (account.extra or {}).get(EXTRA_PUBLIC_HOSTS_ONLY)
+            if sending is not None and sending.server is not None and restricted:
+                sending = await self._public_only(sending, sending.server)
+            before = cached[1].server if cached is not None and cached[1] is not None else None
+            if before is not None and (sending is None or sending.server != before):
+                self.pool.retire(before)  # its idle connections log in with the old settings
             self._accounts[account_id] = (time.monotonic() + ACCOUNT_TTL, sending)
             if sending is not None and sending.limits.connections:
                 self.connection_limits[account_id] = sending.limits.connections
@@ -111,6 +144,9 @@ class Deliverer:
                 self.connection_limits.pop(account_id, None)
             future.set_result(sending)
             return sending
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters, if any, get it from their await
@@ -130,11 +166,25 @@ class Deliverer:
             except (CredentialError, KeyError, ValueError) as exc:
                 problem = Outcome("permanent", f"Invalid SMTP settings: {exc}", error_code="ESETTINGS")
         limits = effective_limits(account.limits, server.host) if server else Limits({})
+        retry_unknown = self.settings.sender_retry_unknown_outcome or bool(
+            (account.extra or {}).get(EXTRA_RETRY_UNKNOWN_OUTCOME))
         return Sending(account.id, server, problem, limits, account.copy, bool(account.imap),
-                       account.throttle_level)
+                       account.throttle_level, retry_unknown)
+
+    async def _public_only(self, sending: Sending, server: SmtpServer) -> Sending:
+        """An account restricted to public mail servers (its settings came from an
+        account-scoped token): refuse to connect where its host now points inside."""
+        try:
+            await urls.check_public_host(server.host)
+        except urls.UnsafeUrl as exc:
+            problem = Outcome("permanent", f"Refused SMTP host: {exc}", error_code="ESETTINGS")
+            return dataclasses.replace(sending, server=None, problem=problem)
+        return sending
 
     def _forget_account(self, account_id: str) -> None:
-        self._accounts.pop(account_id, None)
+        cached = self._accounts.get(account_id)
+        if cached is not None:
+            self._accounts[account_id] = (0.0, cached[1])  # read again next time, compared with this
 
     # --- delivering -------------------------------------------------------
 
@@ -153,6 +203,12 @@ class Deliverer:
         handed back untried.
         """
         started = events.utcnow()
+        if claim.takeovers >= self.settings.sender_max_takeovers:
+            # Each time, its sender crashed, hung or was killed: trying again
+            # would only do it again (and may send a message already sent).
+            handed_over()
+            await self._record(claim, None, None, _interrupted(claim.takeovers), started, trace_hint())
+            return
         QUEUE_LAG.observe(max(0.0, (started - claim.next_attempt_at).total_seconds()))
         sending = await self._sending(claim.account_id)
         traceparent = trace_hint()
@@ -170,14 +226,17 @@ class Deliverer:
                 handed_over()
                 await self._hold(claim, wait_until, f"sending limit reached until {events.iso(wait_until)}")
                 return
-        async with self._connection_slot(sending.account_id, limits.connections), self.smtp_slots:
-            # Waited too long for a connection, another sender may take the claim
-            # over soon, and two must never send one message: hand it back untried.
-            stale = time.monotonic() - claim.claimed_at > self.settings.sender_claim_timeout / 2
-            exchanged = None if stale else await self._exchange(claim, server, traceparent)
-        handed_over()
+        try:
+            exchanged = await self._exchange_in_turn(claim, sending, server, traceparent)
+        except BodyGone:
+            exchanged = Outcome("permanent", "The message body is no longer stored", error_code="EMESSAGE"), None
+        except Abandoned:
+            exchanged = None  # the claim was lost before the message went out
+        finally:
+            claim.hold.phase = "over"
+            handed_over()
         if exchanged is None:
-            await self._release(claim)
+            log.warning("%s: claim lost before its message was sent; left to whoever holds it now", claim.queue_id)
             return
         outcome, traceparent = exchanged
         if is_slow_down(outcome):
@@ -185,15 +244,36 @@ class Deliverer:
             until = await self._throttle(sending, outcome)
             await self._hold(claim, until, outcome.response, outcome, server, started)
             return
+        await self._record(claim, sending, server, outcome, started, traceparent)
         if outcome.kind == "sent" and sending.throttle_level:
             await self._unthrottle(sending.account_id)
-        await self._record(claim, sending, server, outcome, started, traceparent)
 
-    async def _exchange(self, claim: Claim, server: SmtpServer, traceparent: str | None) -> tuple[Outcome, str | None]:
+    async def _exchange_in_turn(
+        self, claim: Claim, sending: Sending, server: SmtpServer, traceparent: str | None
+    ) -> tuple[Outcome, str | None] | None:
+        """The exchange once the body fits in memory and a connection is free; None
+        if the claim was lost meanwhile."""
+        loaded = (claim.size or 0) if claim.raw is None else 0
+        async with (self.bodies.reserve(loaded), self._connection_slot(sending.account_id, sending.limits.connections),
+                    self.smtp_slots):
+            if claim.hold.lost:
+                return None
+            raw = claim.raw if claim.raw is not None else await self.claimer.load_body(claim)
+            if raw is None:
+                return None
+            exchanged = await self._exchange(claim, server, raw, traceparent)
+            del raw  # before its room in the budget is given back
+            return exchanged
+
+    async def _exchange(
+        self, claim: Claim, server: SmtpServer, raw: bytes, traceparent: str | None
+    ) -> tuple[Outcome, str | None]:
         """The SMTP transaction; returns its outcome and the trace context its events continue."""
+        deliver = self.pool.deliver
         with SEND_SECONDS.time():
             if not TRACING:
-                return await self.pool.deliver(server, claim.envelope_from, claim.envelope_to, claim.raw), traceparent
+                return await deliver(server, claim.envelope_from, claim.envelope_to, raw, claim.hold.may_send), \
+                    traceparent
             with tracer.start_as_current_span(
                 "smtp deliver",
                 # The trace of the submit that queued this message, when its wake-up told us.
@@ -201,7 +281,7 @@ class Deliverer:
                 kind=trace.SpanKind.CLIENT,
                 attributes={"mailgate.queue_id": claim.queue_id, "server.address": server.label},
             ) as span:
-                outcome = await self.pool.deliver(server, claim.envelope_from, claim.envelope_to, claim.raw)
+                outcome = await deliver(server, claim.envelope_from, claim.envelope_to, raw, claim.hold.may_send)
                 span.set_attribute("mailgate.outcome", outcome.kind)
                 # Events about this attempt continue its trace.
                 return outcome, current_traceparent()
@@ -215,6 +295,7 @@ class Deliverer:
         started: datetime,
         traceparent: str | None,
     ) -> None:
+        claim.hold.phase = "over"  # from here on, never called off
         ATTEMPTS.labels(outcome.kind).inc()
         record = self._outcome(claim, sending, server, outcome, started, traceparent)
         if await self.recorder.record(record):
@@ -234,53 +315,18 @@ class Deliverer:
     ) -> Record:
         attempt = claim.attempts_made + 1
         envelope = events.Envelope(from_=claim.envelope_from, to=list(claim.envelope_to))
-        staged: list[events.Event] = []
-        next_attempt: datetime | None = None
         if outcome.kind == "sent":
-            transition = lifecycle.MARK_SENT
-            staged.append(events.MessageSent(
-                account=claim.account_id, queue_id=claim.queue_id, message_id=claim.message_id,
-                response=outcome.response, envelope=envelope, traceparent=traceparent,
-            ))
-            imap = sending is not None and sending.imap
-            copy = claim.copy if claim.copy is not None else sending.copy if sending else None
-            if imap and copy is not False:
-                staged.append(events.ImapAppendSent(
-                    account=claim.account_id, queue_id=claim.queue_id, traceparent=traceparent))
-            if claim.reference and imap:
-                # A reply or forward marks the message it answered, as mail clients do.
-                forward = claim.reference.get("action") == "forward"
-                staged.append(events.ImapSetFlags(
-                    account=claim.account_id, message=str(claim.reference.get("message", "")),
-                    add=["$Forwarded" if forward else "\\Answered"], traceparent=traceparent,
-                ))
+            transition, next_attempt, error = lifecycle.MARK_SENT, None, None
+            staged = _sent_events(claim, sending, outcome, envelope, traceparent)
         else:
-            retry = outcome.kind == "temporary" and attempt < claim.max_attempts
-            if retry:
-                transition = lifecycle.DEFER
-                next_attempt = events.utcnow() + timedelta(seconds=backoff_delay(
-                    attempt, self.settings.delivery_retry_base, self.settings.delivery_retry_max))
-            else:
-                transition = lifecycle.FAIL
-            staged.append(events.MessageDeliveryError(
-                account=claim.account_id, queue_id=claim.queue_id, message_id=claim.message_id,
-                envelope=envelope, error=outcome.error, error_code=outcome.error_code,
-                smtp_response=outcome.response if outcome.code else None,
-                smtp_response_code=outcome.code, smtp_command=outcome.command,
-                attempts_made=attempt, attempts=claim.max_attempts, next_attempt=next_attempt,
-                traceparent=traceparent,
-            ))
-            if not retry:
-                staged.append(events.MessageFailed(
-                    account=claim.account_id, queue_id=claim.queue_id, message_id=claim.message_id,
-                    error=outcome.error, envelope=envelope, traceparent=traceparent,
-                ))
+            transition, next_attempt, error = self._after_failure(outcome, attempt, claim.max_attempts, sending)
+            staged = _failure_events(claim, outcome, attempt, envelope, next_attempt, error, traceparent)
         final = transition.to_state in lifecycle.FINAL_STATES
         return Record(
             claim=claim,
             state=transition.to_state,
             attempt=attempt,
-            last_error=None if outcome.kind == "sent" else outcome.error,
+            last_error=error,
             smtp_response=outcome.response if outcome.code else None,
             next_attempt_at=next_attempt,
             finished_at=events.utcnow() if final else None,
@@ -291,8 +337,25 @@ class Deliverer:
             response=outcome.response,
             error=_attempt_error(outcome),
             started_at=started,
-            events=tuple(staged),
+            events=staged,
         )
+
+    def _after_failure(
+        self, outcome: Outcome, attempt: int, attempts: int, sending: Sending | None
+    ) -> tuple[lifecycle.Transition, datetime | None, str]:
+        """Where a failed attempt leaves the message: deferred (and until when), failed or
+        unknown; and the error its user is told."""
+        unknown = outcome.kind == "unknown"
+        retryable = outcome.kind == "temporary" or (unknown and sending is not None and sending.retry_unknown)
+        if retryable and attempt < attempts:
+            retry_at = events.utcnow() + timedelta(seconds=backoff_delay(
+                attempt, self.settings.delivery_retry_base, self.settings.delivery_retry_max))
+            return lifecycle.DEFER, retry_at, outcome.error
+        if unknown and not retryable:
+            return lifecycle.MARK_UNKNOWN, None, (
+                f"{outcome.error}. The server may have delivered the message, so it is not retried "
+                "(retryUnknownOutcome allows a retry, which may deliver it twice)")
+        return lifecycle.FAIL, None, outcome.error
 
     # --- politeness -------------------------------------------------------
 
@@ -311,10 +374,12 @@ class Deliverer:
     ) -> contextlib.AbstractAsyncContextManager[object]:
         if not connections:
             return contextlib.nullcontext()
-        slot = self._slots.get(account_id)
-        if slot is None:
-            slot = self._slots[account_id] = asyncio.Semaphore(connections)
-        return slot
+        slots = self._slots.get(account_id)
+        if slots is None:
+            slots = self._slots[account_id] = Budget(connections)
+        elif slots.limit != connections:
+            slots.resize(connections)  # the account's limit changed
+        return slots.reserve(1)
 
     async def _throttle(self, sending: Sending, outcome: Outcome) -> datetime:
         """The server said "slow down": leave the whole account alone for a while."""
@@ -332,13 +397,21 @@ class Deliverer:
         return until
 
     async def _unthrottle(self, account_id: str) -> None:
-        async with self.db.transaction() as session:
-            await session.execute(
-                update(Account).where(Account.id == account_id).values(throttled_until=None, throttle_level=0)
-            )
+        """After a send (recorded first: this must never stand in its way); best effort,
+        as the next send tries again."""
+        try:
+            async with self.db.transaction() as session:
+                await session.execute(
+                    update(Account).where(Account.id == account_id).values(throttled_until=None, throttle_level=0)
+                )
+        except Exception as exc:
+            log.warning("could not lift the throttle of account %s: %r", account_id, exc)
+            return
         self._forget_account(account_id)
 
-    async def _release(self, claim: Claim) -> None:
+    async def hand_back(self, claim: Claim) -> None:
+        """The message was not tried (the sender is stopping): due again at once, no attempt
+        spent, and no takeover counted against it."""
         async with self.db.transaction() as session:
             await session.execute(
                 update(OutboxMessage)
@@ -347,7 +420,6 @@ class Deliverer:
                 .values(state=lifecycle.RELEASE.to_state, claim_token=None, claimed_until=None)
                 .execution_options(synchronize_session=False)
             )
-        log.warning("%s waited too long for an SMTP connection; handed back", claim.queue_id)
 
     async def _hold(
         self,
@@ -360,6 +432,7 @@ class Deliverer:
     ) -> None:
         """Hand the message back without spending an attempt; push the account's
         other due messages behind the same wait so they are not claimed in vain."""
+        claim.hold.phase = "over"
         async with self.db.transaction() as session:
             released = await session.scalar(
                 update(OutboxMessage)
@@ -390,6 +463,54 @@ class Deliverer:
 
     async def close(self) -> None:
         self.pool.close()
+
+
+def _sent_events(
+    claim: Claim, sending: Sending | None, outcome: Outcome, envelope: events.Envelope, traceparent: str | None
+) -> tuple[events.Event, ...]:
+    staged: list[events.Event] = [events.MessageSent(
+        account=claim.account_id, queue_id=claim.queue_id, message_id=claim.message_id,
+        response=outcome.response, envelope=envelope, traceparent=traceparent,
+    )]
+    imap = sending is not None and sending.imap
+    copy = claim.copy if claim.copy is not None else sending.copy if sending else None
+    if imap and copy is not False:
+        staged.append(events.ImapAppendSent(account=claim.account_id, queue_id=claim.queue_id, traceparent=traceparent))
+    if claim.reference and imap:
+        # A reply or forward marks the message it answered, as mail clients do.
+        forward = claim.reference.get("action") == "forward"
+        staged.append(events.ImapSetFlags(
+            account=claim.account_id, message=str(claim.reference.get("message", "")),
+            add=["$Forwarded" if forward else "\\Answered"], traceparent=traceparent,
+        ))
+    return tuple(staged)
+
+
+def _failure_events(
+    claim: Claim, outcome: Outcome, attempt: int, envelope: events.Envelope, next_attempt: datetime | None,
+    error: str, traceparent: str | None,
+) -> tuple[events.Event, ...]:
+    """messageDeliveryError for every failed attempt; messageFailed too when it was the last."""
+    unknown = outcome.kind == "unknown"
+    staged: list[events.Event] = [events.MessageDeliveryError(
+        account=claim.account_id, queue_id=claim.queue_id, message_id=claim.message_id,
+        envelope=envelope, error=outcome.error, error_code=outcome.error_code,
+        smtp_response=outcome.response if outcome.code else None,
+        smtp_response_code=outcome.code, smtp_command=outcome.command,
+        attempts_made=attempt, attempts=claim.max_attempts, next_attempt=next_attempt,
+        outcome_unknown=unknown, traceparent=traceparent,
+    )]
+    if next_attempt is None:
+        staged.append(events.MessageFailed(
+            account=claim.account_id, queue_id=claim.queue_id, message_id=claim.message_id,
+            error=error, envelope=envelope, outcome_unknown=unknown, traceparent=traceparent,
+        ))
+    return tuple(staged)
+
+
+def _interrupted(takeovers: int) -> Outcome:
+    return Outcome("permanent", f"Delivery interrupted {takeovers} times (the sender crashed or was killed "
+                                "mid-delivery); not retried", error_code="EINTERRUPTED")
 
 
 def _attempt_error(outcome: Outcome) -> str | None:

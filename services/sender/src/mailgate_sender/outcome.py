@@ -1,15 +1,26 @@
-"""What an SMTP exchange meant: sent, try again later, or give up.  Pure logic."""
+"""What an SMTP exchange meant: sent, try again later, give up, or cannot tell.  Pure logic."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import aiosmtplib
 
-Kind = Literal["sent", "temporary", "permanent"]
+from mailgate_common.text import clean_text
+
+# "unknown": the whole message was written and no verdict came back (timeout,
+# connection lost): the server may have delivered it.
+Kind = Literal["sent", "temporary", "permanent", "unknown"]
 ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
+# Characters of an exception's text kept in an outcome (it may quote the server).
+ERROR_TEXT_LIMIT = 4096
+
+
+class OutcomeUnknown(aiosmtplib.SMTPException):
+    """No reply to the end of the message: it may or may not have been accepted."""
 
 
 @dataclass(frozen=True)
@@ -49,19 +60,21 @@ def classify_reply(code: int, message: str, command: str | None) -> Outcome:
 
 
 def classify_exception(exc: BaseException, command: str | None) -> Outcome:
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-        first = exc.recipients[0]
-        outcome = classify_reply(first.code, first.message, "RCPT TO")
-        refused = {r.recipient: f"{r.code} {r.message}" for r in exc.recipients}
-        return Outcome(outcome.kind, outcome.response, outcome.code, outcome.status,
-                       "RCPT TO", "EENVELOPE", refused)
+    # aiosmtplib reads replies with surrogateescape: its texts may hold any byte.
+    if isinstance(exc, OutcomeUnknown):
+        return Outcome("unknown", f"No reply after the message was sent: {_text(exc)}", command="DATA",
+                       error_code="EUNKNOWNOUTCOME")
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        return classify_reply(exc.code, exc.message, "AUTH")
+        return classify_reply(exc.code, clean_text(exc.message, ERROR_TEXT_LIMIT), "AUTH")
     if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 400:
-        return classify_reply(exc.code, exc.message, command)
+        return classify_reply(exc.code, clean_text(exc.message, ERROR_TEXT_LIMIT), command)
     if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError):
-        return Outcome("temporary", f"Timeout: {exc}", command=command, error_code="ETIMEDOUT")
+        return Outcome("temporary", f"Timeout: {_text(exc)}", command=command, error_code="ETIMEDOUT")
     if isinstance(exc, aiosmtplib.SMTPException | OSError):
-        return Outcome("temporary", f"Connection error: {exc}", command=command,
+        return Outcome("temporary", f"Connection error: {_text(exc)}", command=command,
                        error_code="ECONNECTION")
-    return Outcome("temporary", f"Unexpected error: {exc!r}", command=command, error_code="EUNKNOWN")
+    return Outcome("temporary", f"Unexpected error: {_text(exc, repr)}", command=command, error_code="EUNKNOWN")
+
+
+def _text(exc: BaseException, show: Callable[[object], str] = str) -> str:
+    return clean_text(show(exc), ERROR_TEXT_LIMIT)

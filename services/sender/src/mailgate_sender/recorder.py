@@ -5,32 +5,52 @@ state change (only while its claim is still held), the attempt row, and the
 events staged for publishing (transactional outbox).  The writer takes every
 outcome that is waiting (``mailgate_common.batching``) and writes them in ONE
 statement (data-modifying CTEs, so it is one round trip and one atomic, durable
-commit), while the next batch gathers.  Only after that commit are the events published - several messages'
-confirms in flight at once - so a ``messageSent`` never announces a mark the
-database could still lose.
+commit), while the next batch gathers.  Only after that commit are the events
+published - several messages' confirms in flight at once - so a ``messageSent``
+never announces a mark the database could still lose.  Publishing never holds
+up the next write: events the broker does not confirm are left to the relay,
+while an outcome left unwritten would let its claim lapse and its message go
+out again.
+
+So an outcome is always written: a failed batch is written again one by one
+(one bad outcome must not fail the others), a database outage is waited out
+(the claims stay ours: the heartbeat renews them, and the statement is guarded
+by the claim token, so a retry after a commit whose answer was lost changes
+nothing), and one record that still fails is written without the server's
+text, or at last as its bare state change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import time
 from dataclasses import dataclass
 from datetime import datetime
+
+import msgspec
 
 from mailgate_common import events, lifecycle
 from mailgate_common.batching import Batcher
 from mailgate_common.db import Database
+from mailgate_common.db.session import CONNECTION_ERRORS
 from mailgate_common.event_relay import EventRelay
+from mailgate_common.failures import is_transient
+from mailgate_common.text import clean_optional
 from mailgate_sender.claims import Claim
 
 log = logging.getLogger(__name__)
 
-# Every outcome leaves "sending"; the guard below relies on it.
-assert all(t.from_states == (lifecycle.SENDING,) for t in (lifecycle.MARK_SENT, lifecycle.DEFER, lifecycle.FAIL))
+# Every outcome leaves "sending"; the guards below rely on it.
+assert all(t.from_states == (lifecycle.SENDING,)
+           for t in (lifecycle.MARK_SENT, lifecycle.DEFER, lifecycle.FAIL, lifecycle.MARK_UNKNOWN))
 
-# Events in flight to the broker before the writer waits for it (backpressure).
-MAX_UNPUBLISHED = 2000
+# Characters of an error kept when a record had to be written without the server's text.
+SHORT_ERROR = 200
+# Fields of the sending events that carry a server's or an exception's text.
+_TEXT_FIELDS = ("response", "error", "smtp_response")
+# Seconds between writes during an outage, the last one repeated while it lasts.
+RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
 
 RECORD_SQL = f"""
 WITH v AS (
@@ -64,6 +84,16 @@ SELECT id FROM done
 """
 
 
+# The last resort for one outcome: its state alone (no attempt row, no events).
+STATE_SQL = f"""
+UPDATE outbox
+SET state = $3, attempts_made = $4, last_error = $5, claim_token = NULL, claimed_until = NULL,
+    next_attempt_at = COALESCE($6, next_attempt_at), finished_at = COALESCE($7, finished_at), updated_at = now()
+WHERE id = $1 AND claim_token = $2 AND state = '{lifecycle.SENDING}'
+RETURNING id
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     """One attempt's outcome: the message's new state, its attempt row, its events."""
@@ -75,7 +105,7 @@ class Record:
     smtp_response: str | None
     next_attempt_at: datetime | None
     finished_at: datetime | None
-    outcome: str  # the attempt row's outcome: sent | deferred | failed
+    outcome: str  # the attempt row's outcome: sent | deferred | failed | unknown
     server: str | None
     smtp_code: int | None
     smtp_status: str | None
@@ -84,34 +114,47 @@ class Record:
     started_at: datetime
     events: tuple[events.Event, ...]
 
+    def minimal(self) -> Record:
+        """This outcome without the server's text: its state, attempt and a short error."""
+        short = clean_optional(self.last_error or self.error, SHORT_ERROR)
+        return dataclasses.replace(
+            self, last_error=None if self.state == lifecycle.SENT else short, smtp_response=None,
+            response=None, error=short, events=tuple(_plain(e) for e in self.events),
+        )
+
+
+def _plain(event: events.Event) -> events.Event:
+    texts = {name: clean_optional(value, SHORT_ERROR)
+             for name in _TEXT_FIELDS if isinstance(value := getattr(event, name, None), str)}
+    return msgspec.structs.replace(event, **texts) if texts else event
+
 
 class Recorder:
-    def __init__(self, db: Database, relay: EventRelay, retry_for: float, max_batch: int = 500) -> None:
+    def __init__(self, db: Database, relay: EventRelay, max_batch: int = 500) -> None:
         self._db = db
         self._relay = relay
-        # A write that fails (database restarting) is retried while the claims are
-        # still ours; the statement is guarded by the claim token, so a retry after
-        # a commit whose answer was lost changes nothing.
-        self._retry_for = retry_for
+        # A failed batch is written again item by item, unless the database is
+        # away: then each would fail alike.
         self._batches: Batcher[Record, bool] = Batcher("outcomes", self._write_and_publish, max_batch,
-                                                         split_on_failure=False)
+                                                         split_on_failure=True, unsplittable=CONNECTION_ERRORS)
         self._publishing: set[asyncio.Task[None]] = set()
-        self._unpublished = 0  # events committed and not yet confirmed by the broker
 
     async def record(self, record: Record) -> bool:
         """Write ``record`` with the next batch; False if its claim was lost meanwhile."""
         return await self._batches.submit(record)
 
     async def _write_and_publish(self, records: list[Record]) -> list[bool]:
-        while self._unpublished > MAX_UNPUBLISHED and self._publishing:
-            # The broker is behind: sending on would only grow a backlog that the
-            # relay loop would find "stale" and publish a second time.
-            await asyncio.wait(set(self._publishing), return_when=asyncio.FIRST_COMPLETED)
-        kept = await self._write(records)
-        committed = [e for r in records if r.claim.queue_id in kept for e in r.events]
+        try:
+            kept = await self._write(records)
+            written = records
+        except Exception as exc:
+            if len(records) > 1 or is_transient(exc):
+                raise  # written again one by one
+            kept, written = await self._write_without_text(records[0], exc)
+        committed = [e for r in written if r.claim.queue_id in kept for e in r.events]
         if committed:
-            self._unpublished += len(committed)
-            task = asyncio.create_task(self._publish(committed))
+            # Not awaited: the next batch is written meanwhile.
+            task = asyncio.create_task(self._relay.publish_committed(committed))
             self._publishing.add(task)
             task.add_done_callback(self._publishing.discard)
         return [r.claim.queue_id in kept for r in records]
@@ -132,27 +175,43 @@ class Recorder:
                 staged[1].append(event.id)
                 staged[2].append(event.routing_key)
                 staged[3].append(events.encode(event))
-        deadline = time.monotonic() + self._retry_for
+        return await self._retrying(RECORD_SQL, *columns, *staged, what=f"{len(records)} outcomes")
+
+    async def _write_without_text(self, record: Record, exc: Exception) -> tuple[set[str], list[Record]]:
+        """One outcome failed, and not for an outage: unwritten, its claim would lapse and
+        the message go out again, so it is written without what may have failed."""
+        log.error("recording %s (%s) failed: %r; recording it without the server's text",
+                  record.claim.queue_id, record.state, exc)
+        minimal = record.minimal()
+        try:
+            return await self._write([minimal]), [minimal]
+        except Exception as again:
+            if is_transient(again):
+                raise
+            log.error("recording %s without its text failed too: %r; recording its state alone",
+                      record.claim.queue_id, again)
+        kept = await self._retrying(
+            STATE_SQL, record.claim.queue_id, record.claim.token, record.state, record.attempt,
+            f"the outcome could not be recorded in full ({type(exc).__name__})", record.next_attempt_at,
+            record.finished_at, what=f"the state of {record.claim.queue_id}",
+        )
+        return kept, []
+
+    async def _retrying(self, sql: str, *args: object, what: str) -> set[str]:
+        """Run ``sql`` (whose rows are ids) until it succeeds or fails for another reason than an outage."""
+        failures = 0
         while True:
             try:
                 async with self._db.statement_connection() as conn:
-                    rows = await conn.fetch(RECORD_SQL, *columns, *staged)
+                    rows = await conn.fetch(sql, *args)
                 return {row[0] for row in rows}
             except Exception as exc:
-                if time.monotonic() >= deadline:
-                    log.error("could not record %d outcomes: %r", len(records), exc)
+                if not is_transient(exc):
                     raise
-                log.warning("recording %d outcomes failed, retrying: %r", len(records), exc)
-                await asyncio.sleep(0.5)
-
-    async def _publish(self, committed: list[events.Event]) -> None:
-        # One call for the whole batch: its publishes are written in this order (one
-        # message's deliveryError before its failed) and wait for their confirms
-        # side by side, without a task per message around them.
-        try:
-            await self._relay.publish_committed(committed)
-        finally:
-            self._unpublished -= len(committed)
+                delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
+                failures += 1
+                log.warning("recording %s failed, retrying in %.1fs: %r", what, delay, exc)
+                await asyncio.sleep(delay)
 
     async def drain(self) -> None:
         """Wait until queued outcomes are written and their events published

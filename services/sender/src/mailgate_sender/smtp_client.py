@@ -1,11 +1,21 @@
-"""Delivering one message to an account's SMTP server, reusing connections per server."""
+"""Delivering one message to an account's SMTP server, reusing connections per server.
+
+Every phase has a bounded total time: connecting (TCP, TLS, EHLO, AUTH) one
+``timeout``, each reply before the message one ``timeout``, the message itself
+one ``timeout`` without progress, and the verdict on it ``data_timeout`` (RFC
+5321 4.5.3.2.6 suggests 10 minutes: servers scan content before answering).
+Once the whole message has left, no verdict (a timeout, a dropped connection)
+is an unknown outcome, never a "try again": the server may have accepted it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -13,7 +23,7 @@ import aiosmtplib
 from aiosmtplib.email import quote_address
 
 from mailgate_sender.outcome import Outcome, classify_exception, classify_reply
-from mailgate_sender.smtp_connection import DATA, Command, SmtpConnection
+from mailgate_sender.smtp_connection import DATA, Abandoned, Command, SmtpConnection
 
 IDLE_SECONDS = 30.0
 # An envelope address that is already a bare addr-spec (as the API and the SMTP
@@ -52,8 +62,10 @@ class SmtpServer:
 class SmtpPool:
     """Idle authenticated connections keyed by server, reused for later messages."""
 
-    def __init__(self, timeout: float, max_idle_per_server: int = 32, helo_name: str | None = None) -> None:
+    def __init__(self, timeout: float, max_idle_per_server: int = 32, helo_name: str | None = None,
+                 data_timeout: float = 600.0) -> None:
         self._timeout = timeout
+        self._data_timeout = data_timeout
         # aiosmtplib would otherwise resolve our FQDN on every connection, which
         # can take most of a second where DNS is slow.
         self._helo_name = helo_name or socket.getfqdn()
@@ -62,6 +74,8 @@ class SmtpPool:
         self._max_idle = max_idle_per_server
         self._tls_contexts: dict[bool, ssl.SSLContext] = {}
         self._idle: dict[SmtpServer, list[tuple[SmtpConnection, float]]] = {}
+        self._busy: set[SmtpConnection] = set()  # in a transaction now
+        self._next_sweep = time.monotonic() + IDLE_SECONDS
 
     def _tls_context(self, verify: bool) -> ssl.SSLContext:
         # Building a context loads the system CA bundle (milliseconds of CPU):
@@ -87,23 +101,28 @@ class SmtpPool:
             local_hostname=self._helo_name,
         )
         try:
-            await client.connect()
-            if server.user:
-                await client.login(server.user, server.password or "")
-            if client.is_ehlo_or_helo_needed:
-                # Before the first MAIL, so its options can use the server's extensions.
-                try:
-                    await client.ehlo()
-                except aiosmtplib.SMTPHeloError:
-                    await client.helo()
+            # One deadline for all of it: aiosmtplib's timeout is per step, and
+            # a server answering each step just in time would hold us for minutes.
+            async with asyncio.timeout(self._timeout):
+                await client.connect()
+                if server.user:
+                    await client.login(server.user, server.password or "")
+                if client.is_ehlo_or_helo_needed:
+                    # Before the first MAIL, so its options can use the server's extensions.
+                    try:
+                        await client.ehlo()
+                    except aiosmtplib.SMTPHeloError:
+                        await client.helo()
         except BaseException:
             client.close()
             raise
-        return SmtpConnection.take_over(client, self._timeout)
+        return SmtpConnection.take_over(client, self._timeout, self._data_timeout)
 
     async def _checkout(self, server: SmtpServer) -> tuple[SmtpConnection, bool]:
-        idle = self._idle.get(server, [])
         now = time.monotonic()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        idle = self._idle.get(server, [])
         while idle:
             connection, since = idle.pop()
             if connection.usable and now - since < IDLE_SECONDS:
@@ -118,20 +137,44 @@ class SmtpPool:
         else:
             connection.quit()
 
+    def _sweep(self, now: float) -> None:
+        """Close connections idle too long, of every server: an account whose
+        settings changed (or that stopped sending) would otherwise keep them forever."""
+        self._next_sweep = now + IDLE_SECONDS
+        for server, idle in list(self._idle.items()):
+            keep: list[tuple[SmtpConnection, float]] = []
+            for connection, since in idle:
+                if connection.usable and now - since < IDLE_SECONDS:
+                    keep.append((connection, since))
+                else:
+                    connection.quit()
+            if keep:
+                self._idle[server] = keep
+            else:
+                del self._idle[server]
+
+    def retire(self, server: SmtpServer) -> None:
+        """An account's settings changed: its idle connections to the old ones are closed."""
+        for connection, _ in self._idle.pop(server, []):
+            connection.quit()
+
     async def deliver(
         self,
         server: SmtpServer,
         envelope_from: str,
         envelope_to: list[str],
         raw: bytes,
+        may_send: Callable[[], bool] = lambda: True,
     ) -> Outcome:
+        """One mail transaction; ``may_send`` is asked right before the message
+        body goes out (see ``SmtpConnection.send_body``): False raises ``Abandoned``."""
         try:
             connection, reused = await self._checkout(server)
         except Exception as exc:
             return _connect_failure(exc)
         bodies = connection.bodies_sent
         try:
-            outcome = await _transaction_or_close(connection, envelope_from, envelope_to, raw)
+            outcome = await self._transaction_or_close(connection, envelope_from, envelope_to, raw, may_send)
         except aiosmtplib.SMTPServerDisconnected as exc:
             if not reused or connection.bodies_sent != bodies:
                 return classify_exception(exc, connection.at)
@@ -142,15 +185,40 @@ class SmtpPool:
             except Exception as connect_exc:
                 return _connect_failure(connect_exc)
             try:
-                outcome = await _transaction_or_close(connection, envelope_from, envelope_to, raw)
+                outcome = await self._transaction_or_close(connection, envelope_from, envelope_to, raw, may_send)
+            except Abandoned:
+                raise
             except Exception as retry_exc:
                 return classify_exception(retry_exc, connection.at)
+        except Abandoned:
+            raise
         except Exception as exc:
             return classify_exception(exc, connection.at)
         if outcome.kind != "sent" and not await connection.reset():
             return outcome
         self._checkin(server, connection)
         return outcome
+
+    async def _transaction_or_close(
+        self, connection: SmtpConnection, envelope_from: str, envelope_to: list[str], raw: bytes,
+        may_send: Callable[[], bool],
+    ) -> Outcome:
+        """A transaction that failed or was cancelled midway leaves its connection closed
+        (aborted if its message was cut short), never pooled."""
+        self._busy.add(connection)
+        try:
+            return await _transaction(connection, envelope_from, envelope_to, raw, may_send)
+        except BaseException:
+            connection.close()
+            raise
+        finally:
+            self._busy.discard(connection)
+
+    def interrupt(self, reason: str) -> None:
+        """Ends every transaction under way now: one waiting for the verdict on its message
+        ends with an unknown outcome, one writing its message aborts it (see ``SmtpConnection``)."""
+        for connection in list(self._busy):
+            connection.interrupt(reason)
 
     def close(self) -> None:
         for idle in self._idle.values():
@@ -163,22 +231,12 @@ def _connect_failure(exc: Exception) -> Outcome:
     return classify_exception(exc, "AUTH" if isinstance(exc, aiosmtplib.SMTPAuthenticationError) else "CONNECT")
 
 
-async def _transaction_or_close(
-    connection: SmtpConnection, envelope_from: str, envelope_to: list[str], raw: bytes
-) -> Outcome:
-    """A transaction that failed or was cancelled midway leaves its connection closed, never pooled."""
-    try:
-        return await _transaction(connection, envelope_from, envelope_to, raw)
-    except BaseException:
-        connection.close()
-        raise
-
-
 async def _transaction(
     connection: SmtpConnection,
     envelope_from: str,
     envelope_to: list[str],
     raw: bytes,
+    may_send: Callable[[], bool],
 ) -> Outcome:
     """MAIL, RCPT for each recipient, DATA, the message.  Written at once when the
     server pipelines, then the replies are read in the same order as one at a time."""
@@ -231,8 +289,8 @@ async def _transaction(
         connection.send_end_of_data()
         await connection.reply()
         return failure
-    connection.send_body(raw)
-    reply = await connection.reply()
+    await connection.send_body(raw, may_send)
+    reply = await connection.verdict()
     return replace(classify_reply(reply.code, reply.message, "DATA"), refused=refused)
 
 

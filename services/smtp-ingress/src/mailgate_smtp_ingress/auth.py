@@ -8,8 +8,7 @@ scheme, so clients configured for EmailEngine keep working.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import asyncio
 import ipaddress
 import time
 from collections import OrderedDict
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from mailgate_common import service_settings, tokens
 from mailgate_common.db import Database
 from mailgate_common.db.models import Account
+from mailgate_common.passwords import verify_password
 
 SERVER_PASSWORD_SETTING = "smtpServerPassword"
 
@@ -58,16 +58,9 @@ class Authenticator:
             stored = (await service_settings.read(session, [SERVER_PASSWORD_SETTING]))[
                 SERVER_PASSWORD_SETTING
             ]
-        if isinstance(stored, str) and stored and password_matches(stored, secret):
+        if isinstance(stored, str) and stored and await asyncio.to_thread(verify_password, stored, secret):
             return Identity(account, "password")
         return None
-
-
-def password_matches(stored: str, given: str) -> bool:
-    """The API stores only ``sha256:<hex>``; a plain value (set by hand) also works."""
-    if stored.startswith("sha256:"):
-        given = "sha256:" + hashlib.sha256(given.encode()).hexdigest()
-    return hmac.compare_digest(stored.encode(), given.encode())
 
 
 def is_loopback(host: str | None) -> bool:

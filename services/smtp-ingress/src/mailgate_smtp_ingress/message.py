@@ -5,6 +5,12 @@ recipients are the RCPT TO addresses, ``Bcc`` is removed, ``Message-ID``,
 ``Date`` and ``MIME-Version`` are added when missing (the shared
 ``prepare_raw``), ``X-EE-Send-At`` schedules and ``X-EE-Account`` picks the
 account in no-auth mode; both are removed before queuing.
+
+SMTP has no idempotency key, and a client whose connection dropped after our
+commit but before our ``250`` (RFC 1047) sends the message again.  The same
+envelope and the same bytes on the same day are taken as that retry: the
+message gets a key derived from them, and the retry is answered with the first
+queue id instead of being queued twice.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from mailgate_common.mime import InvalidMessage, prepare_raw
-from mailgate_common.outbox import NewMessage
+from mailgate_common.outbox import NewMessage, fingerprint
 
 SEND_AT_HEADER = "X-EE-Send-At"
 ACCOUNT_HEADER = "X-EE-Account"
@@ -28,14 +34,6 @@ class Rejected(Exception):
     def __init__(self, reply: str) -> None:
         super().__init__(reply)
         self.reply = reply
-
-
-def db_text(value: str) -> str:
-    """A header value PostgreSQL text can hold: no NUL, no undecodable bytes.
-
-    Only the copies kept in outbox columns; the message bytes are not touched.
-    """
-    return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
 def parse_send_at(value: str, now: datetime) -> datetime:
@@ -85,13 +83,21 @@ def compose(
     send_at = parse_send_at(send_at_value, now) if send_at_value else now
     return NewMessage(
         account_id=account,
-        message_id=db_text(prepared.message_id),
+        message_id=prepared.message_id,
         envelope_from=mail_from,
         envelope_to=list(rcpt_tos),
-        subject=db_text(prepared.subject) if prepared.subject is not None else None,
+        subject=prepared.subject,
         raw=prepared.raw,
         send_at=send_at,
         max_attempts=max_attempts,
         source="smtp",
+        idempotency_key=retry_key(data, mail_from, rcpt_tos, now),
+        lookup_key_first=False,
         traceparent=traceparent,
     )
+
+
+def retry_key(data: bytes, mail_from: str, rcpt_tos: list[str], now: datetime) -> str:
+    """The idempotency key of an SMTP submission: its day, envelope and exact bytes."""
+    day = now.astimezone(UTC).date().isoformat()
+    return "smtp:" + fingerprint(day.encode(), mail_from.encode(), "\n".join(rcpt_tos).encode(), data)

@@ -16,15 +16,15 @@ AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_TEMPFAIL = "454 4.7.0 Temporary authentication failure, try again later"
 AUTH_NEEDS_TLS = "538 5.7.11 Encryption required for requested authentication mechanism"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
-AUTH_NOT_ENABLED = "503 5.5.1 Authentication is not enabled"
 SENDER_OK = "250 2.1.0 Sender OK"
 RECIPIENT_OK = "250 2.1.5 Recipient OK"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 INTERNAL = "451 4.3.0 Internal error, message not queued, try again later"
 RCPT_TEMPFAIL = "451 4.3.0 Temporary failure checking the recipient, try again later"
+TOO_MANY_CONNECTIONS = "421 4.3.2 Too many connections, try again later"
+BUSY = "451 4.3.1 Insufficient system resources for this message now, try again later"
 ALL_SUPPRESSED = "550 5.7.1 Every recipient is on the suppression list"
-PROXY_REJECTED = "554 5.7.0 Invalid PROXY protocol header"
 
 
 def bad_address(reason: str) -> str:

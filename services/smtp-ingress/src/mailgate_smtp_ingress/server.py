@@ -1,4 +1,11 @@
-"""aiosmtpd's SMTP protocol, served on the running event loop (no extra thread)."""
+"""aiosmtpd's SMTP protocol, served on the running event loop (no extra thread).
+
+Memory is bounded whatever clients do: at most ``smtp_max_connections``
+sessions (more are answered 421 and closed), and message data is received
+only within ``smtp_data_budget`` bytes across sessions - aiosmtpd holds a
+whole message in memory while it arrives, so DATA first reserves the size the
+client declared (SIZE=, RFC 1870) or the size limit, and waits for room.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,14 @@ import re
 import socket
 import ssl
 import weakref
-from typing import AnyStr
+from collections.abc import Callable
+from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import SMTP
 
+from mailgate_common.budget import Budget
 from mailgate_common.settings import Settings
+from mailgate_smtp_ingress import replies
 from mailgate_smtp_ingress.handler import IngressHandler
 from mailgate_smtp_ingress.replies import rewrite
 
@@ -35,10 +45,47 @@ IDENT = "mailgate ESMTP"
 _SIMPLE_PATH = re.compile(r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)>\s*(.*)", re.DOTALL)
 IDLE_TIMEOUT = 300.0  # RFC 5321 4.5.3.2.7: at least 5 minutes
 PROXY_TIMEOUT = 10.0
+# How long DATA waits for room in the data budget before answering 451.
+DATA_WAIT = 30.0
+_SIZE_OPTION = re.compile(r"SIZE=(\d+)", re.IGNORECASE)
+
+
+def declared_size(mail_options: list[str], limit: int) -> int:
+    """The SIZE= a client gave with MAIL FROM (capped at the limit), else the limit."""
+    for option in mail_options:
+        found = _SIZE_OPTION.fullmatch(option)
+        if found:
+            return min(int(found.group(1)), limit)
+    return limit
 
 
 class IngressSMTP(SMTP):
-    """aiosmtpd's protocol with our wording on the replies it composes itself."""
+    """aiosmtpd's protocol with our wording on the replies it composes itself, and
+    its message data held within the process's data budget."""
+
+    def __init__(self, *args: Any, data_budget: Budget, on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.data_budget = data_budget
+        self._on_close: Callable[[], None] | None = on_close
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
+
+    async def smtp_DATA(self, arg: str) -> None:
+        assert self.envelope is not None
+        size = declared_size(self.envelope.mail_options, self.data_size_limit or 0)
+        try:
+            await asyncio.wait_for(self.data_budget.acquire(size), DATA_WAIT)
+        except TimeoutError:
+            await self.push(replies.BUSY)
+            return
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.data_budget.release(size)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # Nearly every client sends "<local@domain>": parse that directly.  aiosmtpd's
@@ -85,9 +132,17 @@ class SmtpServer:
         self.tls = tls_context(settings)
         self.server: asyncio.Server | None = None
         self.connections: weakref.WeakSet[IngressSMTP] = weakref.WeakSet()
+        self.open_connections = 0
+        self.data_budget = Budget(settings.smtp_data_budget)
 
-    def _protocol(self, hostname: str) -> IngressSMTP:
+    def _closed(self) -> None:
+        self.open_connections -= 1
+
+    def _protocol(self, hostname: str) -> asyncio.Protocol:
         s = self.settings
+        if self.open_connections >= s.smtp_max_connections:
+            return _TooMany()
+        self.open_connections += 1
         protocol = IngressSMTP(
             self.handler,
             data_size_limit=s.max_message_size,
@@ -103,6 +158,8 @@ class SmtpServer:
             auth_required=False,
             proxy_protocol_timeout=PROXY_TIMEOUT if s.smtp_proxy_protocol else None,
             loop=asyncio.get_running_loop(),
+            data_budget=self.data_budget,
+            on_close=self._closed,
         )
         self.connections.add(protocol)
         return protocol
@@ -131,3 +188,13 @@ class SmtpServer:
         for protocol in list(self.connections):
             if protocol.transport is not None:
                 protocol.transport.close()
+
+
+class _TooMany(asyncio.Protocol):
+    """Answers a connection over the limit with 421 (RFC 5321 3.8) and closes it."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have write().
+        writer = cast(asyncio.WriteTransport, transport)
+        writer.write(f"{replies.TOO_MANY_CONNECTIONS}\r\n".encode())
+        writer.close()

@@ -1,152 +1,163 @@
-"""Recording attempt outcomes: many per transaction.
+"""Recording attempt results: many per transaction, and none lost to a bad row.
 
-Each outcome is the delivery's new state (only while this replica's claim
-still holds it) plus its attempt row; both are written for a whole batch by
-one statement (data-modifying CTEs).  The endpoint health of the endpoints in
-the batch is then updated in the same transaction, applying the outcomes in
-order.  Commits are not durable, as before batching: losing one in a database
-crash means at worst one more POST of a delivery whose claim lapsed.
+One statement writes a whole batch (each delivery's new state, only while this
+replica's claim still holds it, plus its attempt row); the health of the
+endpoints in the batch is updated in the same transaction, applying the
+results in order.
+
+When a write fails:
+
+* **The database is away** (:func:`mailgate_common.failures.is_transient`): the
+  batch is written again, backing off, for as long as the outage lasts.  The
+  claims in it lapse meanwhile (after the claim hold), but nobody can take a
+  delivery over while the database is away, and this replica claims nothing
+  while results wait here (:attr:`AttemptRecorder.waiting_out_outage`), so
+  once the database is back its results go in before its own pollers could
+  claim those deliveries again.  Another replica's poller may still get there
+  first when the outage outlasted the claim: it POSTs the delivery again (same
+  ``webhook-id``) and records it, and this result is dropped because its claim
+  token no longer matches.  That is the at-least-once of webhooks, and an
+  outage longer than the claim hold with several replicas running is the only
+  recorder failure that can lead to it.  On shutdown an outage is waited out
+  for at most the stop grace.
+* **Anything else** (a row PostgreSQL refuses): the batch is written one result
+  at a time, and a result that fails alone is written without its details
+  (state, attempt and status; no excerpt or error text), so an answered
+  attempt is never repeated because its details could not be stored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
-from sqlalchemy import func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
+import asyncpg
 
-from mailgate_common import events, lifecycle
+from mailgate_common import events
+from mailgate_common.batching import Batcher
 from mailgate_common.db import Database
-from mailgate_common.db.models import WebhookDelivery, WebhookEndpoint
+from mailgate_common.failures import is_transient
 from mailgate_common.settings import Settings
-from mailgate_webhooks import retry
-from mailgate_webhooks.dispatch import Outcome
+from mailgate_webhooks import retry, store
+from mailgate_webhooks.jobs import AttemptResult
 
 log = logging.getLogger(__name__)
 
-RECORD_SQL = text(
-    """
-    WITH v AS (
-        SELECT * FROM unnest(
-            CAST(:ids AS bigint[]), CAST(:tokens AS text[]), CAST(:states AS text[]),
-            CAST(:attempts AS int[]), CAST(:statuses AS int[]), CAST(:errors AS text[]),
-            CAST(:excerpts AS text[]), CAST(:next_attempts AS timestamptz[]),
-            CAST(:delivered AS timestamptz[]), CAST(:urls AS text[]), CAST(:durations AS int[]),
-            CAST(:started AS timestamptz[]))
-        AS v(id, token, state, attempt, status, error, excerpt, next_attempt_at, delivered_at, url,
-             duration_ms, started_at)
-    ), done AS (
-        UPDATE webhook_deliveries d
-        SET state = v.state, attempts_made = v.attempt, last_status = v.status, last_error = v.error,
-            url = v.url, claim_token = NULL, claimed_until = NULL,
-            next_attempt_at = coalesce(v.next_attempt_at, d.next_attempt_at),
-            delivered_at = coalesce(v.delivered_at, d.delivered_at)
-        FROM v
-        WHERE d.id = v.id AND d.claim_token = v.token
-        RETURNING d.id, d.endpoint_id
-    ), logged AS (
-        INSERT INTO webhook_attempts (delivery_id, attempt, status_code, error, response_excerpt,
-                                      duration_ms, started_at)
-        SELECT v.id, v.attempt, v.status, v.error, v.excerpt, v.duration_ms, v.started_at
-        FROM v JOIN done ON done.id = v.id
-    )
-    -- Whether the endpoint's health may need writing (a failure, or an endpoint
-    -- not healthy now): the common all-good batch then takes no endpoint lock.
-    SELECT done.id, e.id IS NOT NULL AND (v.state <> 'delivered' OR e.consecutive_failures <> 0
-                                          OR e.failing_since IS NOT NULL) AS health
-    FROM done JOIN v ON v.id = done.id LEFT JOIN webhook_endpoints e ON e.id = done.endpoint_id
-    """
-)
+# Results per record transaction.
+RECORD_BATCH = 256
+# Backoff between writes while the database is away.
+OUTAGE_FIRST_DELAY = 0.5
+OUTAGE_MAX_DELAY = 2.0
 
 
-class Recorder:
-    def __init__(self, settings: Settings, db: Database) -> None:
+class AttemptRecorder:
+    def __init__(self, settings: Settings, db: Database, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.db = db
+        self.clock = clock
+        # _write never raises: its own fallbacks replace the batcher's splitting.
+        self.batches: Batcher[AttemptResult, None] = Batcher(
+            "webhook record", self._write, max_batch=RECORD_BATCH, split_on_failure=False)
+        self._give_up_at: float | None = None
+        self._in_outage = 0  # writes waiting for the database to come back
 
-    async def write(self, outcomes: Sequence[Outcome]) -> list[None]:
-        async with self.db.transaction(durable=False) as session:
-            rows = (await session.execute(RECORD_SQL, {
-                "ids": [o.job.delivery_id for o in outcomes],
-                "tokens": [o.job.token for o in outcomes],
-                "states": [o.state for o in outcomes],
-                "attempts": [o.attempt for o in outcomes],
-                "statuses": [o.status for o in outcomes],
-                "errors": [o.error for o in outcomes],
-                "excerpts": [o.excerpt for o in outcomes],
-                "next_attempts": [o.next_attempt_at for o in outcomes],
-                "delivered": [o.delivered_at for o in outcomes],
-                "urls": [o.job.target.url for o in outcomes],
-                "durations": [o.duration_ms for o in outcomes],
-                "started": [o.started_at for o in outcomes],
-            })).all()
-            # A delivery whose claim was lost (taken over after it lapsed) is the
-            # new claimant's to record, health included.
-            done = {row.id for row in rows}
-            flagged = {row.id for row in rows if row.health}
-            touched = {o.job.endpoint_id for o in outcomes if o.job.delivery_id in flagged}
-            mine = [o for o in outcomes if o.job.delivery_id in done and o.job.endpoint_id in touched]
-            if mine:
-                await self._record_health(session, mine)
-        return [None] * len(outcomes)
+    def waiting_out_outage(self) -> bool:
+        """Are results waiting for the database to come back?"""
+        return self._in_outage > 0
 
-    async def _record_health(self, session: AsyncSession, outcomes: list[Outcome]) -> None:
-        ids = sorted({o.job.endpoint_id for o in outcomes if o.job.endpoint_id is not None})
-        # Locked in id order: concurrent recorders (other replicas) cannot deadlock.
-        endpoints = {
-            e.id: e for e in await session.scalars(
-                select(WebhookEndpoint).where(WebhookEndpoint.id.in_(ids))
-                .order_by(WebhookEndpoint.id).with_for_update()
-            )
-        }
+    async def record(self, result: AttemptResult) -> None:
+        """Returns once ``result`` is written (or, failing that, logged)."""
+        await self.batches.submit(result)
+
+    async def stop(self, grace: float) -> None:
+        """Write what is queued, waiting out an outage for at most ``grace`` seconds."""
+        self._give_up_at = self.clock() + grace
+        await self.batches.drain()
+
+    async def _write(self, results: list[AttemptResult]) -> list[None]:
+        try:
+            await self._write_through_outages(results)
+        except Exception as exc:
+            if is_transient(exc):
+                log.error("%d webhook attempt(s) not recorded before stopping, the database is away "
+                          "(%r): their deliveries will be attempted again", len(results), exc)
+            elif len(results) > 1:
+                log.warning("recording %d webhook attempts failed (%r); recording them one by one",
+                            len(results), exc)
+                for result in results:
+                    await self._write([result])
+            else:
+                await self._write_without_details(results[0], exc)
+        return [None] * len(results)
+
+    async def _write_without_details(self, result: AttemptResult, exc: Exception) -> None:
+        log.warning("webhook attempt %d of delivery %d could not be recorded (%r); "
+                    "recording it without its details", result.attempt, result.job.delivery_id, exc)
+        try:
+            await self._write_through_outages([result.without_details()])
+        except Exception as again:
+            log.error("webhook attempt %d of delivery %d could not be recorded at all: %r",
+                      result.attempt, result.job.delivery_id, again)
+
+    async def _write_through_outages(self, results: Sequence[AttemptResult]) -> None:
+        delay = OUTAGE_FIRST_DELAY
+        waiting = False
+        try:
+            while True:
+                try:
+                    await self._write_once(results)
+                    return
+                except Exception as exc:
+                    if not is_transient(exc) or (self._give_up_at is not None and self.clock() >= self._give_up_at):
+                        raise
+                    log.warning("recording %d webhook attempt(s): the database is away (%r); retrying in %gs",
+                                len(results), exc, delay)
+                if not waiting:
+                    waiting = True
+                    self._in_outage += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, OUTAGE_MAX_DELAY)
+        finally:
+            if waiting:
+                self._in_outage -= 1
+
+    async def _write_once(self, results: Sequence[AttemptResult]) -> None:
+        async with store.lazy_transaction(self.db) as conn:
+            recorded = await store.record_attempts(conn, [r.row() for r in results])
+            written = {r.delivery_id for r in recorded}
+            flagged = {r.endpoint_id for r in recorded if r.health_may_change and r.endpoint_id}
+            if flagged:
+                await self._record_health(conn, [
+                    r for r in results if r.job.delivery_id in written and r.job.endpoint_id in flagged
+                ])
+
+    async def _record_health(self, conn: asyncpg.Connection, results: list[AttemptResult]) -> None:
+        health = await store.lock_endpoint_health(conn, [r.job.endpoint_id for r in results if r.job.endpoint_id])
+        changed: dict[str, retry.EndpointHealth] = {}
         recovered: set[str] = set()
         s = self.settings
-        for outcome in outcomes:
-            endpoint = endpoints.get(outcome.job.endpoint_id or "")
-            if endpoint is None:
-                continue
-            if outcome.ok:
-                if endpoint.consecutive_failures == 0 and endpoint.failing_since is None:
+        for result in results:
+            endpoint_id = result.job.endpoint_id or ""
+            before = health.get(endpoint_id)
+            if before is None:
+                continue  # deleted meanwhile
+            if result.ok:
+                if before.consecutive_failures == 0 and before.failing_since is None:
                     continue
-                if endpoint.failing_since is not None:
-                    log.info("webhook endpoint %s recovered", endpoint.id)
-                    recovered.add(endpoint.id)
-                endpoint.consecutive_failures = 0
-                endpoint.first_failure_at = endpoint.failing_since = endpoint.backoff_until = None
-                continue
-            health = retry.after_failure(
-                retry.EndpointHealth(
-                    endpoint.consecutive_failures,
-                    endpoint.first_failure_at,
-                    endpoint.failing_since,
-                    endpoint.backoff_until,
-                ),
-                events.utcnow(),
-                s.webhook_failing_threshold,
-                s.webhook_failing_after,
-                s.webhook_retry_base,
-                s.webhook_retry_max,
-            )
-            if health.failing_since is not None and endpoint.failing_since is None:
-                log.warning("webhook endpoint %s is failing; backing off until %s", endpoint.id,
-                            events.iso(health.backoff_until))
-                recovered.discard(endpoint.id)
-            endpoint.consecutive_failures = health.consecutive_failures
-            endpoint.first_failure_at = health.first_failure_at
-            endpoint.failing_since = health.failing_since
-            endpoint.backoff_until = health.backoff_until
-        for endpoint_id in recovered:
-            if endpoints[endpoint_id].failing_since is not None:
-                continue
-            # The endpoint is back: release its waiting retries now rather than at
-            # their backed-off times; the due-poller's per-endpoint cap paces them.
-            await session.execute(
-                update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.endpoint_id == endpoint_id,
-                    WebhookDelivery.state == lifecycle.WEBHOOK_RETRYING,
-                    WebhookDelivery.next_attempt_at > func.now(),
-                )
-                .values(next_attempt_at=func.now())
-            )
+                if before.failing_since is not None:
+                    log.info("webhook endpoint %s recovered", endpoint_id)
+                    recovered.add(endpoint_id)
+                after = retry.HEALTHY
+            else:
+                after = retry.after_failure(before, events.utcnow(), s.webhook_failing_threshold,
+                                            s.webhook_failing_after, s.webhook_retry_base, s.webhook_retry_max)
+                if after.failing_since is not None and before.failing_since is None:
+                    log.warning("webhook endpoint %s is failing; backing off until %s", endpoint_id,
+                                events.iso(after.backoff_until))
+                    recovered.discard(endpoint_id)
+            health[endpoint_id] = changed[endpoint_id] = after
+        await store.write_endpoint_health(conn, changed)
+        await store.release_waiting_retries(
+            conn, sorted(e for e in recovered if health[e].failing_since is None))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 
 from .mime import part_text
+from .text import MAX_LINE, MAX_RECIPIENTS, bounded
 
 _FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)[ \t]*:[ \t]*(.*)$")
 _RECIPIENT_FIELDS = frozenset({"final-recipient", "original-recipient", "x-actual-recipient"})
@@ -34,10 +35,16 @@ _DSN_FIELDS = frozenset(
         "x-powermta-bouncecategory",
     }
 )
+# A report is read up to this many fields (a recipient takes about six).
+_MAX_FIELDS = 10 * MAX_RECIPIENTS
 # Separates the blank-line delimited field groups of RFC 3464 (one per recipient).
 BLOCK_END = ("", "")
 # A quoted local part ("john..doe"@example.org) is kept with its quotes: it is the address.
-_ADDR = re.compile(r"(?:\"[^\"\r\n]+\"|[^\s<>()\[\]\"',;:]+)@[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+# Anchored at a token start and bounded, like text.ADDR, so a long value without an
+# address costs one pass.
+_ADDR = re.compile(
+    r"(?<![^\s<>()\[\]\"',;:])(?:\"[^\"\r\n]{1,256}\"|[^\s<>()\[\]\"',;:]{1,256})@[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*"
+)
 
 
 @dataclass
@@ -66,11 +73,13 @@ def fields_of_part(part: Message) -> list[tuple[str, str]]:
         for block in payload:
             if isinstance(block, Message):
                 pairs.append(BLOCK_END)
-                pairs.extend((k, " ".join(str(v).split())) for k, v in block.items())
+                pairs.extend((k, " ".join(str(v)[:MAX_LINE].split())) for k, v in block.items())
                 # A block's "body" holds fields after a malformed line; keep reading them.
                 body = block.get_payload()
                 if isinstance(body, str) and body.strip():
                     pairs.extend(fields_of_text(body))
+            if len(pairs) > _MAX_FIELDS:
+                break
         return pairs
     return fields_of_text(part_text(part))
 
@@ -78,14 +87,14 @@ def fields_of_part(part: Message) -> list[tuple[str, str]]:
 def fields_of_text(text: str) -> list[tuple[str, str]]:
     """DSN fields embedded in plain text (unfolds continuation lines)."""
     pairs: list[tuple[str, str]] = []
-    for line in text.split("\n"):
+    for line in bounded(text).split("\n"):
         if not line.strip():
             if pairs and pairs[-1] != BLOCK_END:
                 pairs.append(BLOCK_END)
             continue
         if line[:1] in (" ", "\t") and pairs and pairs[-1] != BLOCK_END:
             name, value = pairs[-1]
-            if name.lower() in _DSN_FIELDS and line.strip():
+            if name.lower() in _DSN_FIELDS and line.strip() and len(value) < MAX_LINE:
                 pairs[-1] = (name, f"{value} {line.strip()}")
             continue
         m = _FIELD.match(line.strip())
@@ -121,6 +130,8 @@ def build(pairs: list[tuple[str, str]]) -> Dsn:
                     dsn.reporting_mta = _typed_value(v)[1]
             current, pending = None, []
             continue
+        if name in _RECIPIENT_FIELDS and len(dsn.recipients) >= MAX_RECIPIENTS:
+            break
         if name in _RECIPIENT_FIELDS and (
             current is None
             or name in current.fields

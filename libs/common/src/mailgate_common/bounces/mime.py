@@ -16,6 +16,12 @@ from dataclasses import dataclass, field
 from email.message import Message
 
 _MBOX_FROM = re.compile(rb"\AFrom [^\n]*\n")
+_MAX_HEADER = 8192
+_BOUNDARY = re.compile(rb"(?i)\bboundary[ \t]*=")
+MAX_MULTIPARTS = 32
+# Parts looked at, and returned originals kept, per message.
+MAX_PARTS = 100
+MAX_ORIGINALS = 5
 _TAG = re.compile(r"<[^>]+>")
 _ORIGINAL_TYPES = frozenset(
     {
@@ -40,8 +46,16 @@ def normalise_newlines(raw: bytes) -> bytes:
 
 
 def load(raw: bytes) -> Message:
+    raw = normalise_newlines(raw)
+    for n, m in enumerate(_BOUNDARY.finditer(raw)):
+        if n == MAX_MULTIPARTS:
+            # The stdlib parser tests every line against each open boundary: thousands
+            # of nested multiparts cost seconds (then overflow the stack).  No bounce
+            # has this many; what follows is read as the last part's text.
+            raw = raw[: m.start()]
+            break
     # compat32 never raises on malformed headers, which the modern policy sometimes does.
-    return email.message_from_bytes(normalise_newlines(raw), policy=email.policy.compat32)
+    return email.message_from_bytes(raw, policy=email.policy.compat32)
 
 
 def header_text(msg: Message, name: str) -> str:
@@ -49,13 +63,15 @@ def header_text(msg: Message, name: str) -> str:
     value = msg.get(name)
     if value is None:
         return ""
+    # Read up to a length no real header reaches (see text.MAX_LINE).
+    value = str(value)[:_MAX_HEADER]
     try:
-        parts = email.header.decode_header(str(value))
+        parts = email.header.decode_header(value)
         text = "".join(
             p.decode(cs or "utf-8", "replace") if isinstance(p, bytes) else p for p, cs in parts
         )
     except (LookupError, ValueError, TypeError):
-        text = str(value)
+        text = value
     return " ".join(text.split())
 
 
@@ -79,9 +95,37 @@ def part_text(part: Message) -> str:
 
 
 def html_to_text(text: str) -> str:
-    text = re.sub(r"(?is)<(script|style)\b.*?</\1>", " ", text)
+    text = _drop_scripts(text)
     text = re.sub(r"(?i)<br\s*/?>|</(p|div|tr|li|h\d)>", "\n", text)
     return html.unescape(_TAG.sub(" ", text))
+
+
+_SCRIPT_START = re.compile(r"(?i)<(script|style)\b")
+_SCRIPT_END = {tag: re.compile(f"(?i)</{tag}>") for tag in ("script", "style")}
+
+
+def _drop_scripts(text: str) -> str:
+    """Text without its <script> and <style> elements (each becomes a space).
+
+    Done with ``find``: the regex ``<(script|style)\\b.*?</\\1>`` rescanned the rest
+    of the text from every unclosed opening tag (a row of "<script>" took seconds).
+    """
+    out: list[str] = []
+    pos = 0
+    unclosed: set[str] = set()
+    for m in _SCRIPT_START.finditer(text):
+        tag = m.group(1).lower()
+        if m.start() < pos or tag in unclosed:
+            continue
+        end = _SCRIPT_END[tag].search(text, m.end())
+        if end is None:
+            unclosed.add(tag)  # no later one of this tag can be closed either
+            continue
+        out.append(text[pos : m.start()])
+        out.append(" ")
+        pos = end.end()
+    out.append(text[pos:])
+    return "".join(out)
 
 
 @dataclass
@@ -104,6 +148,8 @@ def split_parts(msg: Message) -> Parts:
 
 
 def _walk(part: Message, out: Parts, *, top: bool) -> None:
+    if len(out.types) >= MAX_PARTS:
+        return
     ctype = part.get_content_type()
     out.types.append(ctype)
     if ctype in REPORT_TYPES:
@@ -113,6 +159,8 @@ def _walk(part: Message, out: Parts, *, top: bool) -> None:
         out.feedback.append(part)
         return
     if ctype in _ORIGINAL_TYPES:
+        if len(out.originals) >= MAX_ORIGINALS:
+            return
         headers = original_headers(part)
         if headers is not None and isinstance(part.get_payload(), list):
             out.attached.append(headers)

@@ -61,12 +61,14 @@ _MALFORMED_MESSAGE = re.compile(
 
 
 def parse_bounce(raw: bytes) -> BounceReport:
-    return _parse(load(raw), depth=0)
+    # What a bounce says comes first: the notice, the report, the returned headers.
+    # Past this a message holds only the rest of a returned original.
+    return _parse(load(raw[: text.MAX_MESSAGE]), depth=0)
 
 
 def _parse(msg: Message, depth: int) -> BounceReport:
     parts = split_parts(msg)
-    notice = "\n".join(parts.notice)
+    notice = text.bounded("\n".join(parts.notice))
     explanation, returned = text.split_notice(notice)
     message_id = _original_message_id(msg, parts, returned)
 
@@ -88,7 +90,8 @@ def _parse(msg: Message, depth: int) -> BounceReport:
     report = dsn.build(pairs)
 
     if report.recipients:
-        recipients = [_from_dsn(r, report, explanation, origin) for r in report.recipients]
+        blocks = _Blocks(explanation, report.recipients)
+        recipients = [_from_dsn(r, report, blocks, origin) for r in report.recipients]
         if all(_succeeded(r) for r in recipients):
             return BounceReport(kind="delivered", message_id=message_id, recipients=recipients)
         recipients = [r for r in recipients if not _succeeded(r)]
@@ -197,6 +200,9 @@ def _finish(
     lead: str = "",
 ) -> BouncedRecipient:
     """Status, reply code and reason for one recipient from everything we know about it."""
+    # Read from at most this much (the corpus's longest evidence is 1,650 characters): a
+    # notice naming fifty addresses must not be read in full fifty times.
+    diagnostic, context = diagnostic[: text_mod.MAX_EVIDENCE], context[: text_mod.MAX_EVIDENCE]
     reply = codes.find_reply_code(diagnostic) or codes.find_reply_code(context)
     text_status = codes.find_status(diagnostic) or codes.find_status(context)
     status = codes.prefer(codes.clean_status(status_field), text_status, reply)
@@ -223,7 +229,7 @@ def _finish(
         # Postfix puts "(in reply to MAIL FROM command)" only in the human-readable part.
         evidence = f"{evidence} {context}".strip()
     facts = reasons.Facts(
-        diagnostic=evidence,
+        diagnostic=evidence[: text_mod.MAX_EVIDENCE],
         status=status or "",
         reply_code=str(reply or ""),
         action=action,
@@ -361,28 +367,35 @@ def _whole_reply(first_line: str, notice: str) -> str:
     return best
 
 
-def _block_for(address: str, explanation: str, others: Sequence[str] = ()) -> str:
-    lines = explanation.split("\n")
-    low = address.lower()
-    # A line that names another recipient starts that recipient's own answer.
-    stops = {
-        n for n, line in enumerate(lines) if low not in line.lower() and any(o in line.lower() for o in others)
-    }
-    for i, line in enumerate(lines):
-        if low in line.lower():
-            return text.block_after(explanation, i, stops)
-    return ""
+class _Blocks:
+    """Finds each recipient's answer in a notice naming several of them.
+
+    Which recipients each line names is worked out once per notice: per recipient
+    it cost a pass over every line for every other recipient (cubic in recipients).
+    """
+
+    def __init__(self, explanation: str, recipients: Sequence[dsn.DsnRecipient]) -> None:
+        self.explanation = explanation
+        self.lines = explanation.lower().split("\n")
+        addresses = {r.address.lower() for r in recipients}
+        self.named = [{a for a in addresses if a in line} for line in self.lines]
+
+    def block_for(self, address: str, others: set[str]) -> str:
+        low = address.lower()
+        # A line that names another recipient starts that recipient's own answer.
+        stops = {n for n, line in enumerate(self.lines) if self.named[n] & others and low not in line}
+        for i, line in enumerate(self.lines):
+            if low in line:
+                return text.block_after(self.explanation, i, stops)
+        return ""
 
 
 def _from_dsn(
-    r: dsn.DsnRecipient, report: dsn.Dsn, explanation: str, origin: lhost.Origin
+    r: dsn.DsnRecipient, report: dsn.Dsn, blocks: _Blocks, origin: lhost.Origin
 ) -> BouncedRecipient:
-    others = [o.address.lower() for o in report.recipients if o is not r and o.address.lower() != r.address.lower()]
-    context = (
-        _block_for(r.address, explanation, others)
-        or (r.original and _block_for(r.original, explanation, others))
-        or ""
-    )
+    explanation = blocks.explanation
+    others = {o.address.lower() for o in report.recipients if o is not r} - {r.address.lower()}
+    context = blocks.block_for(r.address, others) or (r.original and blocks.block_for(r.original, others)) or ""
     diagnostic = r.diagnostic
     mta = r.remote_mta or report.reporting_mta or None
     return _finish(
@@ -444,6 +457,7 @@ def _from_text(
         guessed = False
     if not found:
         return []
+    found = found[: text.MAX_RECIPIENTS]
     delayed = bool(_DELAYED.search(subject)) or bool(_DELAYED.search(explanation))
     stops = {line for _, line in found}
     out: list[BouncedRecipient] = []

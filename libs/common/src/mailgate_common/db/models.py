@@ -52,6 +52,7 @@ class Account(Base):
     credentials: Mapped[bytes | None]
     copy: Mapped[bool | None] = mapped_column(Boolean)
     webhooks: Mapped[str | None]
+    # Per-account options with no column of their own (EXTRA_* keys below).
     extra: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     last_error: Mapped[dict[str, Any] | None]
     # Sending limits ({"perSecond", "perMinute", "perHour", "perDay", "connections"});
@@ -62,6 +63,13 @@ class Account(Base):
     throttle_level: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+# Account.extra keys.  Connect only to public addresses (the settings came from
+# an account-scoped token under MAILGATE_ACCOUNT_HOSTS_ALLOW_PRIVATE=false):
+EXTRA_PUBLIC_HOSTS_ONLY = "publicHostsOnly"
+# Retry a message whose outcome is unknown (it may then arrive twice):
+EXTRA_RETRY_UNKNOWN_OUTCOME = "retryUnknownOutcome"
 
 
 class Setting(Base):

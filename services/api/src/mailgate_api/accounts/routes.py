@@ -13,7 +13,8 @@ from mailgate_api.accounts.schemas import (
     AccountUpdate,
     AccountView,
 )
-from mailgate_api.deps import Resources
+from mailgate_api.auth.policy import is_admin
+from mailgate_api.deps import ApiRequest, Resources
 from mailgate_api.errors import ApiError
 from mailgate_api.pagination import Page, PageSize, pages
 from mailgate_common import events
@@ -25,8 +26,10 @@ class AccountController(Controller):
     tags = ["Account"]
 
     @post("/v1/account", status_code=200, summary="Register an account (updates an existing one)")
-    async def create(self, data: AccountCreate, res: Resources) -> AccountCreated:
+    async def create(self, data: AccountCreate, res: Resources,
+                     request: ApiRequest) -> AccountCreated:
         account_id = data.account or service.new_account_id()
+        public_only = await service.check_destinations(data, res.settings, not is_admin(request.scope))
         async with res.db.transaction() as session:
             account = await session.get(Account, account_id, with_for_update=True)
             existed = account is not None
@@ -35,7 +38,7 @@ class AccountController(Controller):
                     raise ApiError(422, "an account needs smtp or imap settings", "smtp")
                 account = Account(id=account_id, state="new" if data.imap else "connected")
                 session.add(account)
-            service.apply(account, data, res.sealer)
+            service.apply(account, data, res.sealer, public_only)
             change = events.AccountChanged(account=account_id, change="updated" if existed else "added")
             stage(session, change)
         await res.relay.publish_committed([change])
@@ -64,10 +67,12 @@ class AccountController(Controller):
             return service.view(await service.get_account(session, account))
 
     @put("/v1/account/{account:str}", summary="Update account settings")
-    async def update(self, account: str, data: AccountUpdate, res: Resources) -> AccountRef:
+    async def update(self, account: str, data: AccountUpdate, res: Resources,
+                     request: ApiRequest) -> AccountRef:
+        public_only = await service.check_destinations(data, res.settings, not is_admin(request.scope))
         async with res.db.transaction() as session:
             row = await service.get_account(session, account)
-            service.apply(row, data, res.sealer)
+            service.apply(row, data, res.sealer, public_only)
             change = events.AccountChanged(account=account, change="updated")
             stage(session, change)
         await res.relay.publish_committed([change])

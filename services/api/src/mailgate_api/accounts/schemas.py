@@ -50,6 +50,9 @@ class AccountCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     webhooks: str | None = None
     limits: SendLimits | None = None
     path: WatchPaths = msgspec.UNSET
+    # mailgate's own: when the connection drops after a whole message was written,
+    # send it again (it may then arrive twice) instead of ending in state "unknown".
+    retry_unknown_outcome: bool | None = msgspec.field(name="retryUnknownOutcome", default=None)
 
 
 class AccountUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
@@ -61,6 +64,7 @@ class AccountUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     webhooks: str | None = None
     limits: SendLimits | None = None
     path: WatchPaths = msgspec.UNSET
+    retry_unknown_outcome: bool | None = msgspec.field(name="retryUnknownOutcome", default=None)
 
 
 class AccountCreated(msgspec.Struct):
@@ -90,6 +94,7 @@ class AccountView(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=Tr
     last_error: dict[str, Any] | None = None
     limits: dict[str, Any] | None = None
     throttled_until: str | None = None
+    retry_unknown_outcome: bool | None = None
     created: str | None = None
 
 

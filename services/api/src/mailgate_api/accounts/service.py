@@ -1,4 +1,13 @@
-"""Account rows: passwords sealed on the way in, never handed out on the way out."""
+"""Account rows: passwords sealed on the way in, never handed out on the way out.
+
+Where an account's settings point is checked before they are saved: its
+webhook URL like every webhook URL (no private addresses unless the operator
+allows them), and, when the operator opts in
+(``MAILGATE_ACCOUNT_HOSTS_ALLOW_PRIVATE=false``), the SMTP/IMAP hosts an
+account-scoped token sets must be public - the sender and imap-sync connect
+from inside the operator's network.  Such an account is marked
+``publicHostsOnly`` so the check is repeated when connecting (DNS changes).
+"""
 
 from __future__ import annotations
 
@@ -16,10 +25,11 @@ from mailgate_api.accounts.schemas import (
     ServerSettings,
 )
 from mailgate_api.errors import ApiError, not_found
-from mailgate_common import events
+from mailgate_common import events, urls
 from mailgate_common.crypto import Sealer, split_secret
-from mailgate_common.db.models import Account
+from mailgate_common.db.models import EXTRA_PUBLIC_HOSTS_ONLY, EXTRA_RETRY_UNKNOWN_OUTCOME, Account
 from mailgate_common.mime import InvalidMessage, normalize_address
+from mailgate_common.settings import Settings
 
 
 def _drop_none(value: Any) -> Any:
@@ -41,9 +51,30 @@ def _check_email(email: str | None) -> None:
             raise ApiError(422, exc.message, "email") from exc
 
 
-def _check_webhook_url(url: str | None, field: str = "webhooks") -> None:
-    if url and not url.startswith(("http://", "https://")):
-        raise ApiError(422, "must be an http:// or https:// URL", field)
+async def _check_webhook_url(url: str | None, allow_private: bool) -> None:
+    if url:
+        try:
+            await urls.check_url(url, allow_private)
+        except urls.UnsafeUrl as exc:
+            raise ApiError(422, str(exc), "webhooks") from exc
+
+
+async def _check_public_host(host: str, field: str) -> None:
+    try:
+        await urls.check_public_host(host)
+    except urls.UnsafeUrl as exc:
+        raise ApiError(422, str(exc), field) from exc
+
+
+async def check_destinations(body: AccountCreate | AccountUpdate, settings: Settings, account_token: bool) -> bool:
+    """Refuse settings pointing where they may not; True if the account must stay on public hosts."""
+    await _check_webhook_url(body.webhooks, settings.webhooks_allow_private)
+    restricted = account_token and not settings.account_hosts_allow_private
+    if restricted:
+        for field, server in (("smtp.host", body.smtp), ("imap.host", body.imap)):
+            if server:
+                await _check_public_host(server.host, field)
+    return restricted
 
 
 def _watch_paths(value: str | list[str] | None) -> list[str] | None:
@@ -70,12 +101,19 @@ def _set_watch_paths(account: Account, body: AccountCreate | AccountUpdate, befo
     account.imap = imap
 
 
-def apply(account: Account, body: AccountCreate | AccountUpdate, sealer: Sealer) -> None:
-    """Copy the given fields onto the row, sealing any password."""
+def apply(account: Account, body: AccountCreate | AccountUpdate, sealer: Sealer,
+          public_hosts_only: bool = False) -> None:
+    """Copy the given fields onto the row, sealing any password (after ``check_destinations``)."""
     fields = body.__struct_fields__
     paths_before = (account.imap or {}).get("path")
     _check_email(body.email)
-    _check_webhook_url(body.webhooks)
+    extra = dict(account.extra or {})
+    if body.retry_unknown_outcome is not None:
+        extra[EXTRA_RETRY_UNKNOWN_OUTCOME] = body.retry_unknown_outcome
+    if body.smtp is not None or body.imap not in (None, False):
+        # Whoever sets the hosts decides: an admin lifts the restriction.
+        extra[EXTRA_PUBLIC_HOSTS_ONLY] = public_hosts_only
+    account.extra = extra
     secrets_: dict[str, Any] = sealer.open(account.credentials) if account.credentials else {}
     for name in ("name", "email", "copy", "webhooks"):
         if name in fields and getattr(body, name) is not None:
@@ -107,6 +145,7 @@ def view(account: Account) -> AccountView:
         last_error=account.last_error,
         limits=account.limits,
         throttled_until=events.iso(account.throttled_until),
+        retry_unknown_outcome=(account.extra or {}).get(EXTRA_RETRY_UNKNOWN_OUTCOME),
         created=events.iso(account.created_at),
     )
 

@@ -44,6 +44,12 @@ def access(handler: Any, path_params: dict[str, Any]) -> Access:
     return "admin"
 
 
+def is_admin(scope: Any) -> bool:
+    """Whether the request was let in with a token that is not bound to one account."""
+    info = scope.get("auth")
+    return info is not None and getattr(info, "account", "") is None
+
+
 def needs_account_filter(handler: Any, path_params: dict[str, Any]) -> bool:
     return ACCOUNT_FILTER not in path_params and _declares_account_filter(handler)
 

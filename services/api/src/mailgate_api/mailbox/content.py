@@ -26,13 +26,20 @@ async def indexed(session: AsyncSession, account: str, message: str) -> IndexedM
 
 
 async def fetch_raw(bus: Bus, account: str, message: str, wait: float, field: str) -> bytes:
-    """The message source from imap-sync; ApiError 404 / 502 / 504 naming ``field``."""
+    """The message source from imap-sync; ApiError 404 / 413 / 502 / 504 naming ``field``.
+
+    imap-sync refuses a message over ``imap_fetch_max_bytes`` (413): a broker
+    message that large could not carry it anyway.
+    """
     try:
         reply = await bus.request(events.ImapFetch(account=account, message=message), wait)
     except TimeoutError as exc:
         raise ApiError(504, "The mail server did not answer in time", field) from exc
     if reply.status == 404:
         raise ApiError(404, "Message not found on the mail server", field)
+    if reply.status == 413:
+        raise ApiError(413, f"Message too large to read through the API: {reply.body.decode(errors='replace')}",
+                       field)
     if reply.status != 200:
         raise ApiError(502, f"Could not fetch the message: {reply.body.decode(errors='replace')}",
                        field)

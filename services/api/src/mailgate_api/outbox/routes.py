@@ -3,7 +3,8 @@ from __future__ import annotations
 from litestar import Controller, delete, get
 from litestar.params import Parameter
 
-from mailgate_api.deps import Resources
+from mailgate_api.auth.policy import is_admin
+from mailgate_api.deps import ApiRequest, Resources
 from mailgate_api.outbox import service
 from mailgate_api.outbox.schemas import OutboxDeleted, OutboxEntry, OutboxList, TimelineView
 from mailgate_api.outbox.timeline import timeline
@@ -32,15 +33,16 @@ class OutboxController(Controller):
         )
 
     @get("/v1/outbox/{queue_id:str}", summary="One outbox entry with every delivery attempt")
-    async def read(self, queue_id: str, res: Resources) -> OutboxEntry:
+    async def read(self, queue_id: str, res: Resources, request: ApiRequest) -> OutboxEntry:
         async with res.db.sessions() as session:
-            return await service.get_entry(session, queue_id)
+            return await service.get_entry(session, queue_id, is_admin(request.scope))
 
     @get("/v1/outbox/{queue_id:str}/timeline", summary="Every step of one message, oldest first")
-    async def timeline(self, queue_id: str, res: Resources) -> TimelineView:
+    async def timeline(self, queue_id: str, res: Resources, request: ApiRequest) -> TimelineView:
         async with res.db.sessions() as session:
             row = await service.get_row(session, queue_id)
-            return TimelineView(queue_id=row.id, state=row.state, timeline=await timeline(session, row))
+            steps = await timeline(session, row, is_admin(request.scope))
+            return TimelineView(queue_id=row.id, state=row.state, timeline=steps)
 
     @delete("/v1/outbox/{queue_id:str}", status_code=200, summary="Cancel a queued or scheduled message")
     async def cancel(self, queue_id: str, res: Resources) -> OutboxDeleted:

@@ -78,13 +78,13 @@ async def get_row(session: AsyncSession, queue_id: str) -> OutboxMessage:
     return row
 
 
-async def get_entry(session: AsyncSession, queue_id: str) -> OutboxEntry:
+async def get_entry(session: AsyncSession, queue_id: str, admin: bool) -> OutboxEntry:
     row = await get_row(session, queue_id)
     attempts = await session.scalars(
         select(DeliveryAttempt).where(DeliveryAttempt.queue_id == queue_id).order_by(DeliveryAttempt.id)
     )
     view = entry(row, list(attempts))
-    view.timeline = await timeline(session, row)
+    view.timeline = await timeline(session, row, admin)
     return view
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import hashlib
+import asyncio
 from typing import Any
 
 import msgspec
@@ -10,6 +10,7 @@ from mailgate_api.deps import Resources
 from mailgate_api.errors import ApiError
 from mailgate_common import service_settings, urls
 from mailgate_common.events import WEBHOOK_EVENT_NAMES
+from mailgate_common.passwords import hash_password
 
 
 class SettingsUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -59,9 +60,9 @@ class SettingsController(Controller):
         if data.service_url is not None:
             values["serviceUrl"] = data.service_url or None
         if data.smtp_server_password is not None:
-            # Only a hash is kept; GET /v1/settings never lists this key.
-            digest = hashlib.sha256(data.smtp_server_password.encode()).hexdigest()
-            values["smtpServerPassword"] = f"sha256:{digest}" if data.smtp_server_password else None
+            # Only a salted, slow hash is kept; GET /v1/settings never lists this key.
+            values["smtpServerPassword"] = (await asyncio.to_thread(hash_password, data.smtp_server_password)
+                                            if data.smtp_server_password else None)
         async with res.db.transaction() as session:
             await service_settings.write(session, values)
         return SettingsUpdated(updated=sorted(values))

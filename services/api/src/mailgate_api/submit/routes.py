@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Request, post
+from litestar import post
 from litestar.params import Parameter
 
-from mailgate_api.deps import Resources
+from mailgate_api.deps import ApiRequest, Resources
 from mailgate_api.errors import ApiError, not_found
 from mailgate_api.submit import reference, service
 from mailgate_api.submit.schemas import SubmitResponse
@@ -42,7 +42,7 @@ IdempotencyKey = Annotated[
 async def submit(
     account: str,
     data: SubmitRequest,
-    request: Request[object, object, object],
+    request: ApiRequest,
     res: Resources,
     idempotency_key: IdempotencyKey = None,
 ) -> SubmitResponse:

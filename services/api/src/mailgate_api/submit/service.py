@@ -40,6 +40,8 @@ def compose(
     try:
         if req.raw is not None:
             new = _from_raw(account, req, max_attempts)
+            if len(new.raw) > max_size:
+                raise ApiError(413, f"Message is {len(new.raw)} bytes; the limit is {max_size}", "raw")
             new.reference = reference.stored(original) if original else None
             return new
         default_from = Address(address=account.email, name=account.name) if account.email else None
