@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,40 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     receiver.start()
     yield receiver
     receiver.stop()
+
+
+@pytest.fixture
+def receivers() -> Iterator[Callable[..., WebhookReceiver]]:
+    """Starts extra webhook receivers (``receivers()`` or ``receivers(port)``), stopped after the test."""
+    started: list[WebhookReceiver] = []
+
+    def make(port: int | None = None) -> WebhookReceiver:
+        receiver = WebhookReceiver(port or free_port())
+        receiver.start()
+        started.append(receiver)
+        return receiver
+
+    yield make
+    for receiver in started:
+        receiver.stop()
+
+
+@pytest.fixture
+def endpoints(api: httpx.Client) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Creates webhook endpoints (``endpoints(url, **fields)``); deletes them after the test so no
+    retries linger."""
+    created: list[str] = []
+
+    def make(url: str, **fields: Any) -> dict[str, Any]:
+        response = api.post("/v1/webhooks", json={"url": url, **fields})
+        assert response.status_code == 201, response.text
+        body: dict[str, Any] = response.json()
+        created.append(body["id"])
+        return body
+
+    yield make
+    for endpoint_id in created:
+        api.delete(f"/v1/webhooks/{endpoint_id}")
 
 
 @pytest.fixture(scope="session")

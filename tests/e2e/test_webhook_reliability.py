@@ -29,7 +29,7 @@ from mailgate_common.crypto import Sealer
 from mailgate_common.db import Database
 from mailgate_common.failures import is_transient
 from mailgate_common.settings import load_settings
-from tests.support.stack import BIN, Service, Stack, free_port, wait_for
+from tests.support.stack import BIN, Service, Stack, wait_for
 from tests.support.tcp_gate import TcpGate
 from tests.support.webhook_receiver import Reply, WebhookReceiver, gzip_reply
 
@@ -63,35 +63,13 @@ def webhooks(stack: Stack, gate: TcpGate) -> Iterator[Service]:
 
 
 @pytest.fixture
-def receivers() -> Iterator[Callable[[], WebhookReceiver]]:
-    started: list[WebhookReceiver] = []
-
-    def make() -> WebhookReceiver:
-        receiver = WebhookReceiver(free_port())
-        receiver.start()
-        started.append(receiver)
-        return receiver
-
-    yield make
-    for receiver in started:
-        receiver.stop()
-
-
-@pytest.fixture
-def endpoints(api: httpx.Client) -> Iterator[Callable[..., dict[str, Any]]]:
-    """Creates endpoints subscribed to messageSent; deletes them afterwards (no retries linger)."""
-    created: list[str] = []
+def sent_hooks(endpoints: Callable[..., dict[str, Any]]) -> Callable[[str, str], dict[str, Any]]:
+    """Creates an endpoint for one account's messageSent events."""
 
     def make(url: str, account: str) -> dict[str, Any]:
-        response = api.post("/v1/webhooks", json={"url": url, "events": ["messageSent"], "accounts": [account]})
-        assert response.status_code == 201, response.text
-        body: dict[str, Any] = response.json()
-        created.append(body["id"])
-        return body
+        return endpoints(url, events=["messageSent"], accounts=[account])
 
-    yield make
-    for endpoint_id in created:
-        api.delete(f"/v1/webhooks/{endpoint_id}")
+    return make
 
 
 def new_account() -> str:
@@ -138,7 +116,7 @@ def _psql(stack: Stack, sql: str) -> str:
 
 def test_gzip_answers_are_logged_as_described_and_each_event_is_posted_once(
     stack: Stack, api: httpx.Client, webhooks: Service, receivers: Callable[[], WebhookReceiver],
-    endpoints: Callable[..., dict[str, Any]],
+    sent_hooks: Callable[[str, str], dict[str, Any]],
 ) -> None:
     # Compressed whatever the request asked for, as a misconfigured nginx does.
     ok, flaky = receivers(), receivers()
@@ -146,7 +124,7 @@ def test_gzip_answers_are_logged_as_described_and_each_event_is_posted_once(
     flaky.answer_next(1, gzip_reply(502, "<html><body>502 Bad Gateway</body></html>"))
     flaky.answer_always(gzip_reply(200, '{"ok":true}'))
     account = new_account()
-    to_ok, to_flaky = endpoints(ok.url, account), endpoints(flaky.url, account)
+    to_ok, to_flaky = sent_hooks(ok.url, account), sent_hooks(flaky.url, account)
     queue_id = publish_sent(stack, account)
 
     wait_for(lambda: delivered(api, to_ok, queue_id) and delivered(api, to_flaky, queue_id), timeout=30,
@@ -166,7 +144,7 @@ def test_gzip_answers_are_logged_as_described_and_each_event_is_posted_once(
 
 def test_nul_and_binary_answers_are_logged_and_each_event_is_posted_once(
     stack: Stack, api: httpx.Client, webhooks: Service, receivers: Callable[[], WebhookReceiver],
-    endpoints: Callable[..., dict[str, Any]],
+    sent_hooks: Callable[[str, str], dict[str, Any]],
 ) -> None:
     nul, binary, untyped = receivers(), receivers(), receivers()
     nul.answer_always(Reply(200, b'{"ok":true}\x00', {"content-type": "application/json"}))
@@ -175,7 +153,7 @@ def test_nul_and_binary_answers_are_logged_and_each_event_is_posted_once(
     binary.answer_always(Reply(200, blob, {"content-type": "application/octet-stream"}))
     untyped.answer_always(Reply(200, b"\x00\x01\x02binary", {}))
     account = new_account()
-    targets = [endpoints(r.url, account) for r in (nul, binary, untyped)]
+    targets = [sent_hooks(r.url, account) for r in (nul, binary, untyped)]
     queue_id = publish_sent(stack, account)
 
     wait_for(lambda: all(delivered(api, t, queue_id) for t in targets), timeout=30,
@@ -193,7 +171,7 @@ def test_nul_and_binary_answers_are_logged_and_each_event_is_posted_once(
 
 def test_an_answer_recorded_while_the_database_is_away_is_recorded_once_it_is_back(
     stack: Stack, api: httpx.Client, webhooks: Service, gate: TcpGate,
-    receivers: Callable[[], WebhookReceiver], endpoints: Callable[..., dict[str, Any]],
+    receivers: Callable[[], WebhookReceiver], sent_hooks: Callable[[str, str], dict[str, Any]],
 ) -> None:
     receiver = receivers()
 
@@ -204,7 +182,7 @@ def test_an_answer_recorded_while_the_database_is_away_is_recorded_once_it_is_ba
 
     receiver.on_request = database_goes_away
     account = new_account()
-    endpoint = endpoints(receiver.url, account)
+    endpoint = sent_hooks(receiver.url, account)
 
     def claim_lapsed() -> bool:
         return _psql(stack, "SELECT bool_and(claimed_until < now()) FROM webhook_deliveries "
@@ -314,11 +292,11 @@ def _use_secrets(stack: Stack, secret: str, previous: str | None) -> None:
 
 def test_endpoint_secrets_survive_a_rotation_and_a_lost_one_fails_alone(
     stack: Stack, api: httpx.Client, webhooks: Service, receivers: Callable[[], WebhookReceiver],
-    endpoints: Callable[..., dict[str, Any]],
+    sent_hooks: Callable[[str, str], dict[str, Any]],
 ) -> None:
     kept, lost = receivers(), receivers()
     account = new_account()
-    to_kept, to_lost = endpoints(kept.url, account), endpoints(lost.url, account)
+    to_kept, to_lost = sent_hooks(kept.url, account), sent_hooks(lost.url, account)
 
     old, new = stack.env["MAILGATE_SECRET"], "rotated-" + uuid.uuid4().hex
     _use_secrets(stack, new, previous=old)  # the documented procedure: read both, write the new one

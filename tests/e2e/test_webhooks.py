@@ -63,38 +63,6 @@ def sent_hooks(receiver: WebhookReceiver, queue_id: str) -> list[Hook]:
     return receiver.received("messageSent", queueId=queue_id)
 
 
-@pytest.fixture
-def receivers() -> Iterator[Callable[..., WebhookReceiver]]:
-    started: list[WebhookReceiver] = []
-
-    def make(port: int | None = None) -> WebhookReceiver:
-        receiver = WebhookReceiver(port or free_port())
-        receiver.start()
-        started.append(receiver)
-        return receiver
-
-    yield make
-    for receiver in started:
-        receiver.stop()
-
-
-@pytest.fixture
-def endpoints(api: httpx.Client) -> Iterator[Callable[..., dict[str, Any]]]:
-    """Creates endpoints; deletes them after the test so no retries linger."""
-    created: list[str] = []
-
-    def make(url: str, **fields: Any) -> dict[str, Any]:
-        response = api.post("/v1/webhooks", json={"url": url, **fields})
-        assert response.status_code == 201, response.text
-        body: dict[str, Any] = response.json()
-        created.append(body["id"])
-        return body
-
-    yield make
-    for endpoint_id in created:
-        api.delete(f"/v1/webhooks/{endpoint_id}")
-
-
 def deliveries(api: httpx.Client, endpoint_id: str, **query: Any) -> list[dict[str, Any]]:
     response = api.get(f"/v1/webhooks/{endpoint_id}/deliveries", params={"pageSize": 100, **query})
     assert response.status_code == 200, response.text

@@ -129,6 +129,7 @@ class Stack:
             "MAILGATE_WEBHOOK_RETRY_BASE": "0.5",
             "MAILGATE_WEBHOOK_RETRY_MAX": "2",
             "MAILGATE_SENDER_CLAIM_TIMEOUT": "6",
+            "MAILGATE_SENDER_STOP_GRACE": "5",
             "MAILGATE_SMTP_TIMEOUT": "5",
             "MAILGATE_THROTTLE_BASE": "1",
             "MAILGATE_SENDER_POLL_INTERVAL": "0.2",

@@ -71,6 +71,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # state "unknown" and is not retried, unless this (or the account's
     # ``retryUnknownOutcome``) opts in to a retry that may deliver it twice.
     sender_retry_unknown_outcome: bool = False
+    # On SIGTERM, deliveries under way get this long to finish; then those that
+    # have not started sending are handed back, and those waiting for the
+    # server's answer to a whole message are recorded "unknown".  Keep it below
+    # the pod's terminationGracePeriodSeconds.
+    sender_stop_grace: PositiveFloat = 20.0
     # Days a finished message's body (raw MIME) is kept; its metadata, attempts
     # and timeline stay until outbox_retention_days.
     outbox_body_retention_days: PositiveFloat = 7.0

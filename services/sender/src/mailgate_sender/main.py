@@ -65,7 +65,7 @@ class SenderService:
         self.dispatcher.wake_up(event.traces())
 
     async def stop(self) -> None:
-        await self.bus.stop_consuming(grace=20)
+        await self.bus.stop_consuming(grace=self.settings.sender_stop_grace)
         # The dispatcher finishes its claim in hand (its messages are started),
         # then stops; deliveries under way finish and are recorded, their claims
         # renewed meanwhile.
@@ -73,7 +73,7 @@ class SenderService:
         if self.dispatching is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.dispatching, 10)
-        await self.dispatcher.wind_down(grace=20)
+        await self.dispatcher.wind_down(grace=self.settings.sender_stop_grace)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.recorder.drain(), 5)
         await cancel_and_wait(self.loops)
