@@ -58,8 +58,11 @@ class Budget:
     @asynccontextmanager
     async def reserve(self, amount: int, wait: float | None = None) -> AsyncIterator[None]:
         """Hold ``amount`` for the block; TimeoutError if not granted within ``wait`` seconds."""
-        async with asyncio.timeout(wait):
+        if wait is None:
             await self.acquire(amount)
+        else:
+            async with asyncio.timeout(wait):
+                await self.acquire(amount)
         try:
             yield
         finally:

@@ -20,7 +20,7 @@ import uvicorn
 import uvloop
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mailgate_common import malloc
+from mailgate_common import gc_tuning, malloc
 from mailgate_common.settings import Settings, check_secret_or_exit
 from mailgate_common.telemetry import setup_logging, setup_tracing
 
@@ -116,6 +116,7 @@ async def _serve(name: str, settings: Settings, service: Service) -> None:
     health_task = asyncio.create_task(health.serve())
     await service.start()
     malloc.trim()
+    gc_tuning.tune_after_start()
     log.info("%s started (health on %s:%s)", name, settings.health_host, port)
     await stop.wait()
     log.info("%s stopping", name)

@@ -25,7 +25,7 @@ from mailgate_api.submit.routes import submit
 from mailgate_api.suppression.routes import SuppressionController
 from mailgate_api.tracing import tracing_middleware
 from mailgate_api.webhooks.routes import WebhookController
-from mailgate_common import malloc
+from mailgate_common import gc_tuning, malloc
 from mailgate_common.budget import Budget
 from mailgate_common.bus import Bus
 from mailgate_common.crypto import Sealer
@@ -68,6 +68,7 @@ def create_app(settings: Settings) -> Litestar:
         connecting = asyncio.create_task(_connect_bus(resources.bus))
         relaying = asyncio.create_task(relay.run())
         malloc.trim()
+        gc_tuning.tune_after_start()
         try:
             yield
         finally:

@@ -253,9 +253,10 @@ class Deliverer:
     ) -> tuple[Outcome, str | None] | None:
         """The exchange once the body fits in memory and a connection is free; None
         if the claim was lost meanwhile."""
+        # A body that came with the claim is small and already in memory: nothing to reserve.
         loaded = (claim.size or 0) if claim.raw is None else 0
-        async with (self.bodies.reserve(loaded), self._connection_slot(sending.account_id, sending.limits.connections),
-                    self.smtp_slots):
+        room = self.bodies.reserve(loaded) if loaded else contextlib.nullcontext()
+        async with room, self._connection_slot(sending.account_id, sending.limits.connections), self.smtp_slots:
             if claim.hold.lost:
                 return None
             raw = claim.raw if claim.raw is not None else await self.claimer.load_body(claim)
