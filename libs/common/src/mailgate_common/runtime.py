@@ -90,14 +90,15 @@ class GracefulServer(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
 
-def run(name: str, settings: Settings, service: Service) -> None:
+def run(name: str, settings: Settings, service: Service, young_generation: int | None = gc_tuning.YOUNG) -> None:
+    """``young_generation``: see :func:`mailgate_common.gc_tuning.tune_after_start`."""
     check_secret_or_exit(settings)
     setup_logging(settings, name)
     setup_tracing(name)
-    uvloop.run(_serve(name, settings, service))
+    uvloop.run(_serve(name, settings, service, young_generation))
 
 
-async def _serve(name: str, settings: Settings, service: Service) -> None:
+async def _serve(name: str, settings: Settings, service: Service, young_generation: int | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -116,7 +117,7 @@ async def _serve(name: str, settings: Settings, service: Service) -> None:
     health_task = asyncio.create_task(health.serve())
     await service.start()
     malloc.trim()
-    gc_tuning.tune_after_start()
+    gc_tuning.tune_after_start(young_generation)
     log.info("%s started (health on %s:%s)", name, settings.health_host, port)
     await stop.wait()
     log.info("%s stopping", name)

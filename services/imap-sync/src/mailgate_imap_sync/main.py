@@ -250,4 +250,5 @@ class ImapSyncService:
 def main() -> None:
     settings = load_settings_or_exit()
     fix_mmap_threshold()
-    run("imap-sync", settings, ImapSyncService(settings))
+    # Python's default young generation: memory per watched account is what counts here.
+    run("imap-sync", settings, ImapSyncService(settings), young_generation=None)
