@@ -202,6 +202,27 @@ class ImapFetch(Event, kw_only=True, frozen=True, tag="rpc.imap.fetch"):
     message: str
 
 
+class ImapCommand(Event, kw_only=True, frozen=True, tag="rpc.imap.command"):
+    """Request (RPC, api -> imap-sync): one mailbox operation on the account's kept connection.
+
+    ``op`` names the operation (the handlers are registered in imap-sync's
+    ``operations`` table, e.g. "message.update", "mailbox.create", "verify");
+    ``args`` are its EmailEngine-shaped arguments; ``raw`` carries an uploaded
+    message.  The reply body is JSON: EmailEngine's response body on success,
+    or ``{"error", "code"}`` with the HTTP status in ``x-mailgate-status``.
+    """
+
+    op: str
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+    raw: bytes | None = None
+
+
+class AccountCommand(Event, kw_only=True, frozen=True, tag="imap.account_command"):
+    """reconnect / sync / flush an account's IMAP watcher (api -> imap-sync)."""
+
+    command: Literal["reconnect", "sync", "flush"]
+
+
 # --- mailbox changes and account state (imap-sync) --------------------------
 
 
@@ -383,6 +404,8 @@ AnyEvent = (
     | ImapAppendSent
     | ImapSetFlags
     | ImapFetch
+    | ImapCommand
+    | AccountCommand
     | MessageNew
     | MessageUpdated
     | MessageDeleted
@@ -413,6 +436,8 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     ImapAppendSent,
     ImapSetFlags,
     ImapFetch,
+    ImapCommand,
+    AccountCommand,
     MessageNew,
     MessageUpdated,
     MessageDeleted,

@@ -88,6 +88,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     smtp_data_timeout: PositiveFloat = 600.0
     # Name the sender gives in EHLO; None: this host's FQDN, looked up once at start.
     smtp_helo_name: str | None = None
+    # "ip1|ehlo-name1,ip2|ehlo-name2": new SMTP and IMAP connections bind to these
+    # in turn (mailgate_common.local_addresses).
+    local_addresses: str | None = None
+    # JSON that POST /v1/settings takes, applied by the api at start (EmailEngine's prepared settings).
+    settings: str | None = None
     delivery_attempts: PositiveInt = 10
     # First retry delay in seconds; later ones double (with jitter) up to retry_max.
     delivery_retry_base: PositiveFloat = 15.0

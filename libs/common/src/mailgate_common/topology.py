@@ -47,7 +47,7 @@ QUEUES: tuple[ServiceQueue, ...] = (SENDER, WEBHOOKS, IMAP_SYNC)
 # Request/reply: the caller waits, so these have no retry or dead-letter queues
 # (a request nobody answered in time is worthless) and requests carry a TTL.
 # Their keys start with "rpc." so no event binding above (e.g. "imap.#") matches.
-IMAP_RPC = ServiceQueue("mailgate.imap-sync.rpc", ("rpc.imap.fetch",))
+IMAP_RPC = ServiceQueue("mailgate.imap-sync.rpc", ("rpc.imap.fetch", "rpc.imap.command"))
 
 RPC_QUEUES: tuple[ServiceQueue, ...] = (IMAP_RPC,)
 

@@ -44,7 +44,7 @@ from mailgate_common.malloc import fix_mmap_threshold
 from mailgate_common.runtime import run
 from mailgate_common.settings import Settings, load_settings_or_exit
 from mailgate_common.tasks import cancel_and_wait
-from mailgate_imap_sync import state
+from mailgate_imap_sync import operations, state
 from mailgate_imap_sync.commands import Commands
 from mailgate_imap_sync.leases import Leases
 from mailgate_imap_sync.watchdog import Watchdog
@@ -113,6 +113,8 @@ class ImapSyncService:
     async def on_request(self, event: events.AnyEvent) -> RpcReply:
         if isinstance(event, events.ImapFetch):
             return await self.commands.fetch(event)
+        if isinstance(event, events.ImapCommand):
+            return await operations.run(self.commands, event)
         return RpcReply(f"unknown request {event.routing_key}".encode(), 400, "text/plain")
 
     # --- leases -----------------------------------------------------------

@@ -117,6 +117,9 @@ class OutboxMessage(Base):
     request_hash: Mapped[str | None]
     reference: Mapped[dict[str, Any] | None]
     copy: Mapped[bool | None] = mapped_column(Boolean)
+    # Sending options with no column of their own (0010): "dsn" ({id, return,
+    # notify, recipient}), "gateway" (a gateways.id), "sentMailPath".
+    options: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     last_error: Mapped[str | None]
     smtp_response: Mapped[str | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
@@ -137,6 +140,8 @@ class DeliveryAttempt(Base):
     smtp_status: Mapped[str | None]
     response: Mapped[str | None]
     error: Mapped[str | None]
+    # False: the server offered no AUTH and the message went unauthenticated (0010).
+    authenticated: Mapped[bool | None] = mapped_column(Boolean)
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
@@ -234,6 +239,43 @@ class ApiToken(Base):
     scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     last_used_at: Mapped[datetime | None]
+    # EmailEngine's token fields (0010): free-form metadata, {referrers, addresses, rateLimit}, creator's IP.
+    metadata_: Mapped[Any | None] = mapped_column("metadata", JSONB)
+    restrictions: Mapped[dict[str, Any] | None]
+    ip: Mapped[str | None]
+
+
+class Gateway(Base):
+    """An extra SMTP server an account or a submit can send through (EmailEngine's gateways)."""
+
+    __tablename__ = "gateways"
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    name: Mapped[str | None]
+    host: Mapped[str]
+    port: Mapped[int] = mapped_column(Integer)
+    secure: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    username: Mapped[str | None]
+    # AES-GCM sealed password (mailgate_common.crypto), like account credentials.
+    credentials: Mapped[bytes | None]
+    deliveries: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    last_use: Mapped[datetime | None]
+    last_error: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class AccountLog(Base):
+    """One protocol line of an account whose ``logs`` setting is on (secrets masked)."""
+
+    __tablename__ = "account_logs"
+    __table_args__ = (Index("account_logs_account", "account_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    source: Mapped[str]  # imap | smtp
+    line: Mapped[str]
 
 
 class WebhookEndpoint(Base):
