@@ -247,7 +247,7 @@ def test_complaint_is_announced_and_suppressed(
     assert data["recipient"] == reader
     assert data["feedbackType"] == "abuse"
     assert data["messageId"] == sent["messageId"]
-    assert data["complaint"]["arf"]["originalRcptTo"] == [reader]
+    assert data["arf"]["originalRcptTo"] == [reader]
     entry = suppressions(api, mailbox.account)[reader]
     assert entry["source"] == "complaint"
     steps = api.get(f"/v1/outbox/{sent['queueId']}/timeline").json()["timeline"]

@@ -1,4 +1,5 @@
-"""Watching the folders an account asks for (EmailEngine's ``path``), not only INBOX.
+"""Watching the folders an account asks for (EmailEngine's ``path``; every folder when unset,
+see test_imap_all_folders.py).
 
 The stack polls those folders every 2 s (MAILGATE_IMAP_FOLDER_POLL), so news
 there arrives within a few seconds while INBOX stays on IDLE.
@@ -59,32 +60,33 @@ def test_listed_folder_reports_new_changed_and_deleted_mail(
     raw, message_id = mail("filed into Archive", f"{user}@dovecot.test")
     started = time.monotonic()
     dovecot.deliver(user, raw, mailbox="Archive")
-    new = hook(webhook_receiver, "messageNew", account, messageId=message_id)["data"]
+    new_hook = hook(webhook_receiver, "messageNew", account, messageId=message_id)
+    new = new_hook["data"]
     assert time.monotonic() - started < 6
+    assert (new_hook["path"], new_hook["specialUse"]) == ("Archive", "\\Archive")
     assert new["path"] == "Archive"
-    assert new["specialUse"] == "\\Archive"
+    assert new["messageSpecialUse"] == "\\Archive"
     assert new["subject"] == "filed into Archive"
     # Mail that was there before is indexed silently, as in INBOX.
     assert not announced(webhook_receiver, account, subject="archived before")
     assert listing(api, account, "Archive") == ["filed into Archive", "archived before"]
 
     dovecot.doveadm("flags", "add", "-u", user, "\\Flagged", "mailbox", "Archive", "uid", str(new["uid"]))
-    updated = hook(webhook_receiver, "messageUpdated", account, id=new["id"])["data"]
+    updated = hook(webhook_receiver, "messageUpdated", account, id=new["id"])
     assert updated["path"] == "Archive"
-    assert updated["changes"] == {"flags": {"added": ["\\Flagged"]}}
+    assert updated["data"]["changes"] == {"flags": {"added": ["\\Flagged"], "value": ["\\Flagged"]}}
 
     dovecot.doveadm("expunge", "-u", user, "mailbox", "Archive", "uid", str(new["uid"]))
-    deleted = hook(webhook_receiver, "messageDeleted", account, id=new["id"])["data"]
+    deleted = hook(webhook_receiver, "messageDeleted", account, id=new["id"])
     assert deleted["path"] == "Archive"
     assert listing(api, account, "Archive") == ["archived before"]
 
 
-def test_account_without_path_watches_only_inbox(
+def test_account_with_path_inbox_watches_only_inbox(
     api: httpx.Client, dovecot: Dovecot, smtp_sink: SmtpSink, webhook_receiver: WebhookReceiver
 ) -> None:
     user = dovecot.new_user()
-    account = add_account(api, dovecot, smtp_sink, user)
-    assert "path" not in api.get(f"/v1/account/{account}").json()
+    account = add_account(api, dovecot, smtp_sink, user, path=["INBOX"])
     wait_connected(api, account)
 
     dovecot.deliver(user, mail("quietly archived", f"{user}@dovecot.test")[0], mailbox="Archive")
@@ -115,15 +117,15 @@ def test_star_and_special_use_references_pick_folders(
     assert hook(webhook_receiver, "messageNew", every, messageId=junk_id)["data"]["path"] == "Junk"
     assert hook(webhook_receiver, "messageNew", sent_only, messageId=sent_id)["data"]["path"] == "Sent"
 
-    # Unsetting the path goes back to INBOX only; the Sent index is dropped rather
-    # than served stale (and re-watching it later must not announce old mail).
+    # Narrowing the path to INBOX drops the Sent index rather than serving it stale
+    # (and re-watching it later must not announce old mail).
     assert listing(api, sent_only, "Sent") == ["my own copy"]
-    assert api.put(f"/v1/account/{sent_only}", json={"path": None}).status_code == 200
-    assert "path" not in api.get(f"/v1/account/{sent_only}").json()
+    assert api.put(f"/v1/account/{sent_only}", json={"path": ["INBOX"]}).status_code == 200
+    assert api.get(f"/v1/account/{sent_only}").json()["path"] == ["INBOX"]
     wait_for(lambda: listing(api, sent_only, "Sent") == [], timeout=10, message="Sent forgotten")
 
 
 def test_path_needs_imap_settings(api: httpx.Client, account: str) -> None:
     response = api.put(f"/v1/account/{account}", json={"path": ["Archive"]})
-    assert response.status_code == 422, response.text
+    assert response.status_code == 400, response.text
     assert response.json()["field"] == "path"

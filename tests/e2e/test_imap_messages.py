@@ -127,16 +127,18 @@ def test_reply_is_threaded_and_marks_the_original_answered(
              message="original flagged \\Answered")
 
 
-def test_forward_inline_and_as_attachment(
+def test_forward_inline_and_with_attachments(
     api: httpx.Client, mailbox: dict[str, Any], smtp_sink: SmtpSink
 ) -> None:
     account, tag = mailbox["account"], mailbox["tag"]
     inline_to, attached_to = f"dan-{tag}@example.net", f"eve-{tag}@example.net"
-    submit(api, account, {"reference": {"message": mailbox["id"], "action": "forward"},
+    submit(api, account, {"reference": {"message": mailbox["id"], "action": "forward", "inline": True},
                           "to": [{"address": inline_to}], "text": "Schau mal"})
+    # EmailEngine's forward without inline: only the new text, plus the original's
+    # attachments when forwardAttachments asks for them.
     submit(api, account, {"reference": {"message": mailbox["id"], "action": "forward",
-                                        "inline": False},
-                          "to": [{"address": attached_to}], "subject": "as attachment"})
+                                        "forwardAttachments": True},
+                          "to": [{"address": attached_to}], "subject": "as attachment", "text": "Anbei"})
 
     inline = delivered(smtp_sink, inline_to).message
     assert inline["Subject"] == f"Fwd: {mailbox['subject']}"
@@ -152,11 +154,11 @@ def test_forward_inline_and_as_attachment(
 
     attached = delivered(smtp_sink, attached_to).message
     assert attached["Subject"] == "as attachment"
+    assert attached["References"].split()[-1] == mailbox["messageId"] and attached["In-Reply-To"] is None
+    body = attached.get_body(preferencelist=("plain",))
+    assert body is not None and body.get_content().strip() == "Anbei"
     [part] = list(attached.iter_attachments())
-    assert part.get_content_type() == "message/rfc822"
-    original = part.get_content()
-    assert original["Message-ID"] == mailbox["messageId"]
-    assert [p.get_filename() for p in original.iter_attachments()] == ["bild.png"]
+    assert part.get_filename() == "bild.png" and part.get_content() == PNG
 
     wait_for(lambda: "$Forwarded" in flags_of(api, account, mailbox["id"]), timeout=15,
              message="original flagged $Forwarded")

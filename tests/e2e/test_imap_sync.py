@@ -96,11 +96,11 @@ def test_new_flagged_and_expunged_mail_produce_webhooks(
 
     dovecot.doveadm("flags", "add", "-u", user, "\\Seen", "mailbox", "INBOX", "uid", str(data["uid"]))
     updated = hook(webhook_receiver, "messageUpdated", account, id=data["id"])
-    assert updated["data"]["changes"] == {"flags": {"added": ["\\Seen"]}}
+    assert updated["data"]["changes"] == {"flags": {"added": ["\\Seen"], "value": ["\\Seen"]}}
 
     dovecot.doveadm("expunge", "-u", user, "mailbox", "INBOX", "uid", str(data["uid"]))
     deleted = hook(webhook_receiver, "messageDeleted", account, id=data["id"])
-    assert deleted["data"]["messageId"] == message_id
+    assert (deleted["path"], deleted["data"]) == ("INBOX", {"id": data["id"], "uid": data["uid"]})
 
 
 def test_connection_dropped_by_the_server_is_reopened_and_mail_still_reported(
@@ -272,6 +272,6 @@ def test_set_flags_command_flags_the_message_on_the_server(
 
     asyncio.run(publish())
     updated = hook(webhook_receiver, "messageUpdated", account, id=data["id"])
-    assert updated["data"]["changes"] == {"flags": {"added": ["\\Answered"]}}
+    assert updated["data"]["changes"] == {"flags": {"added": ["\\Answered"], "value": ["\\Answered"]}}
     flags = dovecot.doveadm("fetch", "-u", user, "flags", "mailbox", "INBOX", "uid", str(data["uid"]))
     assert "\\Answered" in flags

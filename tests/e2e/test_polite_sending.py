@@ -84,7 +84,7 @@ def test_limits_are_validated(api: httpx.Client, smtp_sink: SmtpSink) -> None:
     response = api.post("/v1/account", json={
         "account": f"bad-{uuid.uuid4().hex[:6]}", "imap": False,
         "smtp": {"host": "127.0.0.1", "port": smtp_sink.port}, "limits": {"perMinute": 0}})
-    assert response.status_code == 422 and response.json()["field"] == "limits.perMinute"
+    assert response.status_code == 400 and response.json()["field"] == "limits.perMinute"
 
 
 def _in_state(api: httpx.Client, account: str, state: str) -> int:

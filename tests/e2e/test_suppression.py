@@ -111,7 +111,7 @@ def test_global_entry_applies_to_every_account(api: httpx.Client, account: str, 
 
 def test_bad_input_is_refused_with_the_field(api: httpx.Client, account: str) -> None:
     bad = api.post(f"/v1/account/{account}/suppressions", json={"address": "not-an-address"})
-    assert bad.status_code == 422 and bad.json()["field"] == "address", bad.text
+    assert bad.status_code == 400 and bad.json()["field"] == "address", bad.text
     unknown = api.get("/v1/account/no-such-account/suppressions")
     assert unknown.status_code == 404, unknown.text
 

@@ -92,12 +92,12 @@ def test_endpoint_crud_shows_the_secret_only_once(api: httpx.Client, account: st
     assert "secret" not in updated.json()
 
     bad = api.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/x", "events": ["messageSnet"]})
-    assert bad.status_code == 422 and bad.json()["field"] == "events"
+    assert bad.status_code == 400 and bad.json()["field"] == "events"
     forged = api.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/x",
                                              "headers": {"webhook-signature": "v1,forged"}})
-    assert forged.status_code == 422 and forged.json()["field"] == "headers"
+    assert forged.status_code == 400 and forged.json()["field"] == "headers"
     not_url = api.post("/v1/webhooks", json={"url": "ftp://example.com/x"})
-    assert not_url.status_code == 422 and not_url.json()["field"] == "url"
+    assert not_url.status_code == 400 and not_url.json()["field"] == "url"
 
     assert api.delete(f"/v1/webhooks/{created['id']}").json() == {"deleted": True}
     gone = api.get(f"/v1/webhooks/{created['id']}")
@@ -235,7 +235,7 @@ def test_500_then_200_records_exactly_one_success(
                          params={"webhook": endpoint["id"], "event": "messageSent", "status": "delivered"})
     assert [x["id"] for x in everywhere.json()["deliveries"]] == [log[0]["id"]]
     bad = api.get("/v1/webhook-deliveries", params={"status": "lost"})
-    assert bad.status_code == 422 and bad.json()["field"] == "status"
+    assert bad.status_code == 400 and bad.json()["field"] == "status"
 
 
 def test_endpoint_down_for_a_while_gets_every_event_once_it_returns(
@@ -313,14 +313,14 @@ def strict_api(stack: Stack) -> Iterator[httpx.Client]:
     "http://169.254.169.254/latest/meta-data", "http://10.1.2.3/hooks", "http://192.168.0.10/hooks",
     "http://[::ffff:127.0.0.1]/hooks", "http://100.64.0.1/hooks",
 ])
-def test_private_webhook_urls_are_refused_with_a_clear_422(strict_api: httpx.Client, url: str) -> None:
+def test_private_webhook_urls_are_refused_with_a_clear_400(strict_api: httpx.Client, url: str) -> None:
     response = strict_api.post("/v1/webhooks", json={"url": url})
-    assert response.status_code == 422, response.text
+    assert response.status_code == 400, response.text
     body = response.json()
     assert body["field"] == "url"
     assert "MAILGATE_WEBHOOKS_ALLOW_PRIVATE" in body["message"]
     setting = strict_api.post("/v1/settings", json={"webhooks": url})
-    assert setting.status_code == 422 and setting.json()["field"] == "webhooks"
+    assert setting.status_code == 400 and setting.json()["field"] == "webhooks"
 
 
 class SlowReceiver:

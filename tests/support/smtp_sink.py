@@ -14,8 +14,11 @@
                     message before its verdict on the final dot)
     silent-*@…   -> kept, then never answered (until the client hangs up)
 Everything else is accepted and kept in ``messages``.  AUTH PLAIN/LOGIN
-is offered; any user with password ``smtp-password`` gets in.  PIPELINING is
+is offered (unless ``auth=False``: a relay that trusts its clients' addresses);
+any user with password ``smtp-password`` gets in.  PIPELINING is
 offered, as by Postfix, Exchange and Gmail, unless the sink is told otherwise.
+DSN (RFC 3461) is offered with ``dsn=True``; each message keeps its MAIL and
+RCPT parameters, and the client's address and EHLO name.
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ class Received:
     data: bytes
     at: float
     tls: bool = False  # arrived over TLS (implicit or STARTTLS)
+    mail_options: list[str] = field(default_factory=list)  # as sent (DSN values keep their case)
+    rcpt_options: dict[str, list[str]] = field(default_factory=dict)
+    peer: str = ""  # the client's address
+    ehlo: str = ""  # the name the client greeted with
 
     @property
     def message(self) -> EmailMessage:
@@ -69,9 +76,56 @@ class Received:
         return parsed
 
 
+_DSN_PARAMS = ("RET=", "ENVID=", "NOTIFY=", "ORCPT=")
+
+
+def _take_dsn(arg: str) -> tuple[str, list[str]]:
+    """``arg`` without its DSN parameters (aiosmtpd refuses parameters it does not know), and those."""
+    words = arg.split(" ")
+    taken = [w for w in words if w.upper().startswith(_DSN_PARAMS)]
+    return " ".join(w for w in words if w not in taken), taken
+
+
+class DsnSmtp(SMTP):
+    """aiosmtpd's server, taking DSN parameters off MAIL and RCPT before it reads them."""
+
+    offers_dsn = False
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.dsn_mail: list[str] = []
+        self.dsn_rcpt: dict[str, list[str]] = {}
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        if self.offers_dsn and arg:
+            arg, self.dsn_mail = _take_dsn(arg)
+            self.dsn_rcpt = {}
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        if self.offers_dsn and arg:
+            arg, taken = _take_dsn(arg)
+            address = arg.split(":", 1)[-1].split(" ", 1)[0].strip().strip("<>")
+            self.dsn_rcpt[address] = taken
+        await super().smtp_RCPT(arg)
+
+
+class _Controller(Controller):
+    def __init__(self, *args: object, dsn: bool = False, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.dsn = dsn
+
+    def factory(self) -> SMTP:
+        server = DsnSmtp(self.handler, **self.SMTP_kwargs)
+        server.offers_dsn = self.dsn
+        return server
+
+
 @dataclass
 class SinkHandler:
     pipelining: bool = True
+    dsn: bool = False
+    auth: bool = True
     messages: list[Received] = field(default_factory=list)
     offered: Counter[str] = field(default_factory=Counter)
     sessions: list[SMTP] = field(default_factory=list)  # one per EHLO, in order
@@ -85,6 +139,10 @@ class SinkHandler:
             self.sessions.append(server)
         if self.pipelining:  # aiosmtpd reads commands in order, so pipelining just works
             responses.insert(-1, "250-PIPELINING")
+        if self.dsn:
+            responses.insert(-1, "250-DSN")
+        if not self.auth:  # aiosmtpd offers AUTH even without an authenticator
+            responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
         return responses
 
     async def handle_MAIL(
@@ -125,7 +183,14 @@ class SinkHandler:
         assert isinstance(data, bytes)
         with self.lock:
             tls = server.transport is not None and server.transport.get_extra_info("ssl_object") is not None
-            self.messages.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), data, time.time(), tls))
+            dsn_mail = server.dsn_mail if isinstance(server, DsnSmtp) else []
+            dsn_rcpt = server.dsn_rcpt if isinstance(server, DsnSmtp) else {}
+            self.messages.append(Received(
+                envelope.mail_from or "", list(envelope.rcpt_tos), data, time.time(), tls,
+                [*envelope.mail_options, *dsn_mail], {r: dsn_rcpt.get(r, []) for r in envelope.rcpt_tos},
+                str(session.peer[0]) if isinstance(session.peer, tuple) else str(session.peer),
+                str(session.host_name or ""),
+            ))
             number = len(self.messages)
         locals_ = [r.split("@")[0].lower() for r in envelope.rcpt_tos]
         if any(local.startswith("hangup-") for local in locals_):
@@ -141,14 +206,14 @@ class SinkHandler:
 
 class SmtpSink:
     def __init__(self, port: int, pipelining: bool = True, starttls: ssl.SSLContext | None = None,
-                 implicit_tls: ssl.SSLContext | None = None) -> None:
-        self.handler = SinkHandler(pipelining)
+                 implicit_tls: ssl.SSLContext | None = None, auth: bool = True, dsn: bool = False) -> None:
+        self.handler = SinkHandler(pipelining, dsn, auth)
         self.port = port
-        self.controller = Controller(
+        self.controller = _Controller(
             self.handler, hostname="127.0.0.1", port=port, decode_data=False,
             data_size_limit=50 * 1024 * 1024,
-            authenticator=_authenticate, auth_require_tls=False,
-            tls_context=starttls, ssl_context=implicit_tls,
+            authenticator=_authenticate if auth else None, auth_require_tls=False,
+            tls_context=starttls, ssl_context=implicit_tls, dsn=dsn,
         )
 
     def start(self) -> None:

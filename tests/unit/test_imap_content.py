@@ -130,18 +130,16 @@ def test_inline_forward_quotes_the_original() -> None:
     assert "---------- Forwarded message ---------\nFrom: Jürgen <jurgen@example.org>" in body.text
     assert "Hallo, schöne Grüße!" in body.text
     assert body.html is not None and "<b>schöne</b>" in body.html
-    assert applied.attach_messages == []
 
 
-def test_forward_as_attachment_builds_message_rfc822() -> None:
-    applied = apply(req(text="see attached", to=[{"address": "dan@example.net"}]),
+def test_forward_without_inline_sends_only_the_new_text_threaded() -> None:
+    # EmailEngine: without `inline` a forward carries the new text and References, not the original.
+    applied = apply(req(text="see below", to=[{"address": "dan@example.net"}]),
                     original("forward", inline=False), None)
-    built = build_message(applied.request, extra_headers=applied.headers,
-                          attach_messages=applied.attach_messages)
+    built = build_message(applied.request, extra_headers=applied.headers)
     msg = message_from_bytes(built.raw, policy=policy.default)
-    assert msg["In-Reply-To"] == "<orig-1@example.org>"
-    parts = [p for p in msg.iter_attachments()]
-    assert [p.get_content_type() for p in parts] == ["message/rfc822"]
-    inner = parts[0].get_content()
-    assert inner["Message-ID"] == "<orig-1@example.org>"
-    assert parts[0]["Content-Transfer-Encoding"] in ("7bit", "8bit")
+    assert msg["Subject"] == "Fwd: Grüße aus Köln"
+    assert "<orig-1@example.org>" in msg["References"]
+    assert list(msg.iter_attachments()) == []
+    body = msg.get_body(("plain",))
+    assert body is not None and body.get_content().strip() == "see below"

@@ -225,6 +225,30 @@ class AccountCommand(Event, kw_only=True, frozen=True, tag="imap.account_command
 
 # --- mailbox changes and account state (imap-sync) --------------------------
 
+INBOX_SPECIAL_USE = "\\Inbox"
+
+
+def folder_special_use(path: str, special_use: str | None) -> str | None:
+    """The special use EmailEngine reports for a folder: INBOX is ``\\Inbox``."""
+    return INBOX_SPECIAL_USE if path.upper() == "INBOX" else special_use
+
+
+def webhook_context(event: Event) -> dict[str, Any]:
+    """Top-level webhook fields of a folder's event: EmailEngine puts the folder's
+    ``path`` and ``specialUse`` next to ``account`` and ``event``, not in ``data``."""
+    path = getattr(event, "path", None)
+    if not isinstance(path, str):
+        return {}
+    context: dict[str, Any] = {"path": path}
+    special_use = folder_special_use(path, getattr(event, "special_use", None))
+    if special_use:
+        context["specialUse"] = special_use
+    return context
+
+
+# messageNew fields EmailEngine leaves out when the message has no such header.
+_OPTIONAL_NEW = frozenset({"sender", "replyTo", "cc", "bcc", "inReplyTo", "messageSpecialUse"})
+
 
 class _MailboxMessage(Event, kw_only=True, frozen=True, tag="message._mailbox"):
     """Facts of one indexed message, rendered as EmailEngine's webhook ``data``."""
@@ -243,33 +267,66 @@ class _MailboxMessage(Event, kw_only=True, frozen=True, tag="message._mailbox"):
     in_reply_to: str | None = None
     special_use: str | None = None
 
-    def webhook_data(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "id": self.message,
-            "uid": self.uid,
-            "path": self.path,
-            "messageId": self.message_id,
-            "subject": self.subject,
-            "from": self.from_,
-            "to": list(self.to),
-            "date": iso(self.date),
-            "flags": list(self.flags),
-            "unseen": "\\Seen" not in self.flags,
-            "flagged": "\\Flagged" in self.flags,
-        }
-        if self.cc:
-            data["cc"] = list(self.cc)
-        if self.size is not None:
-            data["size"] = self.size
-        if self.in_reply_to:
-            data["inReplyTo"] = self.in_reply_to
-        if self.special_use:
-            data["specialUse"] = self.special_use
-        return data
-
 
 class MessageNew(_MailboxMessage, kw_only=True, frozen=True, tag="message.new"):
+    """A message arrived in a watched folder.
+
+    The content fields come from the BODYSTRUCTURE and header block fetched
+    for announced mail only (``None``: not fetched, e.g. an event staged by an
+    older replica); ``text`` holds EmailEngine's text object, with ``plain`` /
+    ``html`` only when the ``notifyText`` setting asks for them.
+    """
+
     webhook_event: ClassVar[str | None] = "messageNew"
+    sender: dict[str, str] | None = None
+    reply_to: list[dict[str, str]] = msgspec.field(default_factory=list)
+    bcc: list[dict[str, str]] = msgspec.field(default_factory=list)
+    attachments: list[dict[str, Any]] | None = None
+    headers: dict[str, list[str]] | None = None
+    text: dict[str, Any] | None = None
+    email_id: str | None = None
+    thread_id: str | None = None
+    labels: list[str] | None = None
+
+    def webhook_data(self) -> dict[str, Any]:
+        flags = list(self.flags)
+        data: dict[str, Any] = {"id": self.message, "uid": self.uid, "path": self.path}
+        if self.email_id:
+            data["emailId"] = self.email_id
+        if self.thread_id:
+            data["threadId"] = self.thread_id
+        data.update({
+            "date": iso(self.date),
+            "flags": flags,
+        })
+        if self.labels is not None:
+            data["labels"] = list(self.labels)
+        data.update({
+            "unseen": "\\Seen" not in flags,
+            "flagged": "\\Flagged" in flags,
+            "answered": "\\Answered" in flags,
+            "draft": "\\Draft" in flags,
+            "size": self.size,
+            "subject": self.subject,
+            "from": self.from_,
+            "sender": self.sender,
+            "replyTo": list(self.reply_to),
+            "to": list(self.to),
+            "cc": list(self.cc),
+            "bcc": list(self.bcc),
+            "attachments": list(self.attachments or []),
+            "messageId": self.message_id,
+            "inReplyTo": self.in_reply_to,
+        })
+        if self.headers is not None:
+            data["headers"] = self.headers
+        if self.text is not None:
+            data["text"] = self.text
+        # EmailEngine's test: mail nobody has read or deleted yet.
+        data["seemsLikeNew"] = "\\Seen" not in flags and "\\Deleted" not in flags
+        data["messageSpecialUse"] = folder_special_use(self.path, self.special_use)
+        # As EmailEngine: an address field the message does not have is left out.
+        return {k: v for k, v in data.items() if not (k in _OPTIONAL_NEW and v in (None, []))}
 
 
 class MessageUpdated(_MailboxMessage, kw_only=True, frozen=True, tag="message.updated"):
@@ -278,20 +335,14 @@ class MessageUpdated(_MailboxMessage, kw_only=True, frozen=True, tag="message.up
     removed: list[str] = msgspec.field(default_factory=list)
 
     def webhook_data(self) -> dict[str, Any]:
-        # EmailEngine sends the id plus what changed about the flags.
-        changes: dict[str, Any] = {}
+        # EmailEngine's shape: what was added, what was deleted, and the flags now.
+        flags: dict[str, Any] = {}
         if self.added:
-            changes["flags"] = {"added": list(self.added)}
+            flags["added"] = list(self.added)
         if self.removed:
-            changes.setdefault("flags", {})["removed"] = list(self.removed)
-        return {
-            "id": self.message,
-            "uid": self.uid,
-            "path": self.path,
-            "messageId": self.message_id,
-            "changes": changes,
-            "flags": list(self.flags),
-        }
+            flags["deleted"] = list(self.removed)
+        flags["value"] = list(self.flags)
+        return {"id": self.message, "uid": self.uid, "changes": {"flags": flags}}
 
 
 class MessageDeleted(Event, kw_only=True, frozen=True, tag="message.deleted"):
@@ -300,9 +351,38 @@ class MessageDeleted(Event, kw_only=True, frozen=True, tag="message.deleted"):
     message: str
     uid: int
     message_id: str | None = None
+    special_use: str | None = None
 
     def webhook_data(self) -> dict[str, Any]:
-        return {"id": self.message, "uid": self.uid, "path": self.path, "messageId": self.message_id}
+        return {"id": self.message, "uid": self.uid}
+
+
+class MailboxNew(Event, kw_only=True, frozen=True, tag="account.mailbox_new"):
+    """A folder appeared on the server (it is indexed from now on if watched)."""
+
+    webhook_event: ClassVar[str | None] = "mailboxNew"
+    path: str
+    name: str
+    special_use: str | None = None
+    uid_validity: int | None = None
+
+    def webhook_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"path": self.path, "name": self.name, "specialUse": self.special_use or False}
+        if self.uid_validity is not None:
+            data["uidValidity"] = str(self.uid_validity)
+        return data
+
+
+class MailboxDeleted(Event, kw_only=True, frozen=True, tag="account.mailbox_deleted"):
+    """A folder is gone from the server; its index was dropped."""
+
+    webhook_event: ClassVar[str | None] = "mailboxDeleted"
+    path: str
+    name: str
+    special_use: str | None = None
+
+    def webhook_data(self) -> dict[str, Any]:
+        return {"path": self.path, "name": self.name, "specialUse": self.special_use or False}
 
 
 class AccountState(Event, kw_only=True, frozen=True, tag="account.state"):
@@ -379,19 +459,17 @@ class MessageComplaint(Event, kw_only=True, frozen=True, tag="message.complaint"
     verified: bool = True  # as MessageBounce.verified
 
     def webhook_data(self) -> dict[str, Any]:
-        # EmailEngine nests the ARF fields under complaint.arf / complaint.headers;
-        # the flat fields are mailgate's, so subscribers need not dig.
+        # EmailEngine's ``arf`` and ``headers`` sit directly under ``data``; the flat
+        # fields are mailgate's, so subscribers need not dig.
         return {
             "complaintMessage": self.complaint_message,
+            "arf": {"feedbackType": self.feedback_type, "originalRcptTo": [self.recipient]},
+            "headers": {"messageId": self.message_id},
             "recipient": self.recipient,
             "feedbackType": self.feedback_type,
             "messageId": self.message_id,
             "queueId": self.queue_id,
             "verified": self.verified,
-            "complaint": {
-                "arf": {"feedbackType": self.feedback_type, "originalRcptTo": [self.recipient]},
-                "headers": {"messageId": self.message_id},
-            },
         }
 
 
@@ -409,6 +487,8 @@ AnyEvent = (
     | MessageNew
     | MessageUpdated
     | MessageDeleted
+    | MailboxNew
+    | MailboxDeleted
     | AccountState
     | MessageBounce
     | MessageComplaint
@@ -441,6 +521,8 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     MessageNew,
     MessageUpdated,
     MessageDeleted,
+    MailboxNew,
+    MailboxDeleted,
     AccountState,
     MessageBounce,
     MessageComplaint,
@@ -451,6 +533,8 @@ WEBHOOK_EVENT_NAMES: tuple[str, ...] = (
     "messageNew",
     "messageDeleted",
     "messageUpdated",
+    "mailboxNew",
+    "mailboxDeleted",
     "messageSent",
     "messageDeliveryError",
     "messageFailed",

@@ -32,7 +32,7 @@ from email.mime.nonmultipart import MIMENonMultipart
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import format_datetime, formataddr, getaddresses
 
-from mailgate_common.submission import Address, Attachment, SubmitRequest, as_list
+from mailgate_common.submission import Address, Attachment, SubmitRequest, as_list, envelope_list
 from mailgate_common.text import clean_text
 
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")
@@ -217,7 +217,7 @@ def build_message(
         if req.envelope.from_:
             envelope_from = req.envelope.from_
         if req.envelope.to:
-            recipients = list(req.envelope.to)
+            recipients = envelope_list(req.envelope.to)
     envelope_from = normalize_address("envelope.from", envelope_from)
     envelope_to = _unique(
         normalize_address(f"envelope.to[{i}]", a) for i, a in enumerate(recipients)
@@ -288,6 +288,8 @@ def _body(req: SubmitRequest, forwarded: list[Message]) -> Message:
 def _binary_part(index: int, att: Attachment, disposition: str) -> Message:
     maintype, subtype = _content_type(f"attachments[{index}].contentType", att.content_type)
     part = MIMEBase(maintype, subtype)
+    if att.content is None:
+        raise InvalidMessage(f"attachments[{index}].content", "is required")
     part.set_payload(_decode_base64(f"attachments[{index}].content", att.content))
     encode_base64(part)
     if att.filename is not None:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -52,6 +52,8 @@ class NewMessage:
     request_fingerprint: bytes | None = None
     reference: dict[str, Any] | None = None
     copy: bool | None = None
+    # Sending options with no column of their own: "dsn", "gateway", "sentMailPath".
+    options: dict[str, Any] = field(default_factory=dict)
     traceparent: str | None = None
     # Look the idempotency key up before inserting (REST, where a retry with the
     # key is common).  False: only when the insert meets it (SMTP, where every
@@ -106,10 +108,10 @@ class AccountCannotSend(Exception):
 _INSERT = """
 INSERT INTO outbox (id, account_id, source, message_id, envelope_from, envelope_to, subject, raw,
                     state, send_at, next_attempt_at, max_attempts, idempotency_key, request_hash,
-                    reference, copy)
+                    reference, copy, options)
 SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text[], $7::text, $8::bytea,
        $9::text, $10::timestamptz, $10::timestamptz, $11::int, $12::text, $13::text, $14::jsonb,
-       $15::boolean
+       $15::boolean, $17::jsonb
 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = $2::text AND smtp IS NOT NULL)
 AND NOT EXISTS (
     SELECT 1 FROM suppressions
@@ -164,7 +166,7 @@ class Outbox:
                 msg.envelope_to, msg.subject, msg.raw, QUEUED, msg.send_at, msg.max_attempts,
                 msg.idempotency_key, request_hash,
                 json.dumps(msg.reference) if msg.reference is not None else None, msg.copy,
-                [suppression.normalize(a) for a in msg.envelope_to],
+                [suppression.normalize(a) for a in msg.envelope_to], json.dumps(msg.options),
             ))
         except asyncpg.ForeignKeyViolationError as exc:
             raise UnknownAccount(msg.account_id) from exc

@@ -22,14 +22,35 @@ DEFAULTS: dict[str, Any] = {
     "webhookEvents": ["*"],  # EmailEngine names, or "*" for all
     "serviceUrl": None,
     "serviceSecret": None,  # generated on first use, see service_secret()
+    # messageNew webhooks (EmailEngine's): include the text, cut at this many bytes (0: whole).
+    "notifyText": False,
+    "notifyTextSize": 0,
+    # Headers copied into messageNew's ``headers`` ("*": all of them).
+    "notifyHeaders": [],
+    # Protocol logs of every account (``all``), kept up to ``maxLogLines`` lines per account.
+    "logs": {"all": False, "maxLogLines": 10000},
 }
+
+# EmailEngine's queues; the row "queue:<name>" holds {"paused": bool, "concurrency": int | None}.
+QUEUES = ("submit", "notify", "documents")
+QUEUE_DEFAULT: dict[str, Any] = {"paused": False, "concurrency": None}
+
+
+def queue_key(name: str) -> str:
+    return f"queue:{name}"
+
+
+async def queue_state(session: AsyncSession, name: str) -> dict[str, Any]:
+    """A queue's stored state ({"paused", "concurrency"}), defaults when never set."""
+    value = await session.scalar(select(Setting.value).where(Setting.key == queue_key(name)))
+    return {**QUEUE_DEFAULT, **(value if isinstance(value, dict) else {})}
 
 
 async def read(session: AsyncSession, keys: list[str] | None = None) -> dict[str, Any]:
     wanted = keys or list(DEFAULTS)
     rows = await session.execute(select(Setting.key, Setting.value).where(Setting.key.in_(wanted)))
     # Not dict(rows): a Result has keys() (its column names), so dict() would index it.
-    return with_defaults(wanted, {key: value for key, value in rows.tuples()})
+    return with_defaults(wanted, {key: value for key, value in rows})
 
 
 def with_defaults(keys: list[str], stored: dict[str, Any]) -> dict[str, Any]:

@@ -1,44 +1,70 @@
 """The structured submit body (EmailEngine's ``POST /v1/account/{account}/submit``).
 
 Shared by everything that accepts mail, so REST and later doors validate the
-same way.  Field names on the wire are EmailEngine's camelCase.
+same way.  Field names on the wire are EmailEngine's camelCase.  Like
+EmailEngine's schema it is strict: a field it does not know is refused (400
+naming it), never dropped.  EmailEngine fields mailgate cannot honour yet are
+known here so they can be refused by name with "not supported" (see
+:func:`unsupported`) instead of as unknown.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=998)]
 
 
-class Address(msgspec.Struct, kw_only=True):
+class Address(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     address: Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
     name: str | None = None
 
 
-class Attachment(msgspec.Struct, kw_only=True, rename="camel"):
-    content: str  # base64
+class Attachment(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    content: str | None = None  # base64; required (mime refuses a part without it)
     filename: str | None = None
     content_type: str | None = None
     cid: str | None = None
     content_disposition: Literal["attachment", "inline"] | None = None
+    # EmailEngine's only transfer encoding for ``content``.
+    encoding: Literal["base64"] = "base64"
+    reference: Any = None  # reuse a stored attachment: refused by unsupported()
 
 
-class Reference(msgspec.Struct, kw_only=True):
+class Reference(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
     message: NonEmpty
     action: Literal["reply", "reply-all", "forward"] = "reply"
-    inline: bool = True
+    # EmailEngine's defaults: only the new text, no quoted original, no attachments carried.
+    inline: bool = False
+    forward_attachments: bool = False
+    ignore_missing: bool = False
+    # Send only if the referenced message's Message-ID is this one.
+    message_id: Annotated[str, msgspec.Meta(max_length=996)] | None = None
+    thread_id: Any = None  # Gmail API only: refused by unsupported()
+    document_store: Any = None  # EmailEngine's Elasticsearch store: refused by unsupported()
 
 
-class EnvelopeIn(msgspec.Struct, kw_only=True):
+class EnvelopeIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     from_: str | None = msgspec.field(name="from", default=None)
-    to: list[str] | None = None
+    to: list[str] | str | None = None
 
 
-class SubmitRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=False):
+DsnNotify = Literal["never", "success", "failure", "delay"]
+
+
+class Dsn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """RFC 3461 delivery status notification request: ENVID, RET, NOTIFY, ORCPT."""
+
+    id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    return_: Literal["headers", "full"] = msgspec.field(name="return")
+    notify: list[DsnNotify] | DsnNotify | None = None
+    recipient: Annotated[str, msgspec.Meta(min_length=3, max_length=320)] | None = None
+
+
+class SubmitRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
     from_: Address | None = msgspec.field(name="from", default=None)
     to: list[Address] | Address | None = None
     cc: list[Address] | Address | None = None
@@ -49,19 +75,93 @@ class SubmitRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown
     html: str | None = None
     attachments: list[Attachment] = msgspec.field(default_factory=list)
     headers: dict[str, str] = msgspec.field(default_factory=dict)
-    message_id: str | None = None
+    message_id: Annotated[str, msgspec.Meta(max_length=996)] | None = None
     reference: Reference | None = None
     send_at: datetime | None = None
     copy: bool | None = None
+    sent_mail_path: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
     delivery_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
+    gateway: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    dsn: Dsn | None = None
     envelope: EnvelopeIn | None = None
     raw: str | None = None  # a whole RFC 822 message, base64
-    # Suppressed recipients: false (default) refuses the submit with 422 naming them;
-    # true drops just them from the envelope and sends to the rest (422 if none remain).
+    # Build the message and answer it (base64 ``preview``); store and send nothing.
+    dry_run: bool = False
+    # Suppressed recipients: false (default) refuses the submit naming them;
+    # true drops just them from the envelope and sends to the rest (refused if none remain).
     skip_suppressed: bool = False
+    # EmailEngine fields mailgate cannot honour yet; any meaningful value is refused.
+    template: Any = None
+    render: Any = None
+    mail_merge: Any = None
+    list_id: Any = None
+    preview_text: Any = None
+    tracking_enabled: Any = None
+    track_opens: Any = None
+    track_clicks: Any = None
+    base_url: Any = None
+    proxy: Any = None
+    local_address: Any = None
+    locale: Any = None
+    tz: Any = None
+
+
+# wire name -> why mailgate refuses it; values that ask for nothing (false, null, "") pass.
+_UNSUPPORTED: dict[str, str] = {
+    "template": "stored templates are not supported yet",
+    "render": "template rendering is not supported yet (send the final subject, text and html)",
+    "mailMerge": "mail merge is not supported yet (submit one message per recipient)",
+    "listId": "mail merge lists are not supported yet",
+    "previewText": "preview text is not supported yet (put it in the html)",
+    "trackingEnabled": "open and click tracking is not supported yet",
+    "trackOpens": "open tracking is not supported yet",
+    "trackClicks": "click tracking is not supported yet",
+    "baseUrl": "tracking is not supported yet, so it has no base URL",
+    "proxy": "sending through a proxy is not supported",
+    "localAddress": "a per-message local address is not supported (set MAILGATE_LOCAL_ADDRESSES)",
+    "locale": "locale is only used by templates, which are not supported yet",
+    "tz": "tz is only used by templates, which are not supported yet",
+    "reference.threadId": "thread ids are only for Gmail API accounts, which mailgate does not have",
+    "reference.documentStore": "the document store is not supported",
+}
+
+
+def _asks_for_something(value: Any) -> bool:
+    return value is not None and value is not False and value != ""
+
+
+def _snake(camel: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in camel)
+
+
+# (wire name, parent attribute or None, attribute, why), worked out once: this runs on every submit.
+_CHECKS = [
+    (name, _snake(name.split(".")[0]) if "." in name else None, _snake(name.rsplit(".", 1)[-1]), why)
+    for name, why in _UNSUPPORTED.items()
+]
+
+
+def unsupported(req: SubmitRequest) -> tuple[str, str] | None:
+    """The first EmailEngine field set to something mailgate cannot do: (field, why)."""
+    for name, parent, attr, why in _CHECKS:
+        owner: Any = req if parent is None else getattr(req, parent)
+        if owner is not None and _asks_for_something(getattr(owner, attr)):
+            return name, why
+    for index, attachment in enumerate(req.attachments):
+        if _asks_for_something(attachment.reference):
+            return (f"attachments[{index}].reference",
+                    "reusing a stored attachment is not supported yet (send its content)")
+    return None
 
 
 def as_list(value: list[Address] | Address | None) -> list[Address]:
     if value is None:
         return []
     return value if isinstance(value, list) else [value]
+
+
+def envelope_list(value: list[str] | str | None) -> list[str]:
+    """``envelope.to`` as a list: EmailEngine takes a single address too."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else value

@@ -6,11 +6,15 @@ A token with no account is an admin token for every account.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import hmac
+import ipaddress
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,6 +35,27 @@ class TokenInfo:
     account: str | None  # None: every account (admin)
     scopes: tuple[str, ...]
     description: str | None = None
+    # EmailEngine's ``restrictions.addresses``: IPs/CIDR ranges the token may be used from.
+    addresses: tuple[str, ...] | None = None
+    # ``restrictions.referrers``: Referer patterns (``*`` wildcards) a browser caller must match.
+    referrers: tuple[str, ...] | None = None
+
+    def allows_referrer(self, referrer: str | None) -> bool:
+        if not self.referrers:
+            return True
+        return referrer is not None and any(fnmatch.fnmatchcase(referrer, p) for p in self.referrers)
+
+    def allows_address(self, remote: str | None) -> bool:
+        """Whether a request from ``remote`` may use this token (no allow-list: any)."""
+        if not self.addresses:
+            return True
+        if remote is None:
+            return False
+        try:
+            ip = ipaddress.ip_address(remote)
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.addresses)
 
     def allows(self, scope: str, account: str | None = None) -> bool:
         if scope not in self.scopes and "*" not in self.scopes:
@@ -51,7 +76,8 @@ def new_token() -> str:
 
 
 async def create(
-    session: AsyncSession, account: str | None, scopes: list[str], description: str | None
+    session: AsyncSession, account: str | None, scopes: list[str], description: str | None,
+    *, metadata: Any = None, restrictions: dict[str, Any] | None = None, ip: str | None = None,
 ) -> str:
     """Store a new token and return it in clear - the only time it is ever visible."""
     unknown = [s for s in scopes if s not in SCOPES]
@@ -59,11 +85,19 @@ async def create(
         raise ValueError(f"scopes must be a non-empty subset of {SCOPES}")
     token = new_token()
     session.add(ApiToken(id=hash_token(token), account_id=account, description=description,
-                         scopes=list(scopes)))
+                         scopes=list(scopes), metadata_=metadata, restrictions=restrictions, ip=ip))
     return token
 
 
-_LOOKUP = "SELECT id, account_id, scopes, description, last_used_at FROM api_tokens WHERE id = $1"
+def _restriction(restrictions: Any, key: str) -> tuple[str, ...] | None:
+    if not isinstance(restrictions, dict) or not restrictions.get(key):
+        return None
+    return tuple(str(a) for a in restrictions[key])
+
+
+_LOOKUP = """
+SELECT id, account_id, scopes, description, last_used_at, restrictions FROM api_tokens WHERE id = $1
+"""
 _TOUCH = """
 UPDATE api_tokens SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $3)
 """
@@ -84,12 +118,21 @@ async def verify(db: Database, token: str, admin_token: str | None = None) -> To
         now = events.utcnow()
         if row["last_used_at"] is None or now - row["last_used_at"] > LAST_USED_PRECISION:
             await conn.execute(_TOUCH, row["id"], now, now - LAST_USED_PRECISION)
+    restrictions = row["restrictions"]
+    if isinstance(restrictions, str):  # asyncpg hands jsonb over as text
+        restrictions = json.loads(restrictions)
     return TokenInfo(id=row["id"], account=row["account_id"], scopes=tuple(row["scopes"]),
-                     description=row["description"])
+                     description=row["description"], addresses=_restriction(restrictions, "addresses"),
+                     referrers=_restriction(restrictions, "referrers"))
 
 
 async def list_tokens(session: AsyncSession) -> list[ApiToken]:
     return list(await session.scalars(select(ApiToken).order_by(ApiToken.created_at)))
+
+
+async def get(session: AsyncSession, token_id: str) -> ApiToken | None:
+    """A token by its id (the SHA-256 the listings show)."""
+    return await session.get(ApiToken, token_id)
 
 
 async def revoke(session: AsyncSession, token_or_id: str) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from litestar import Litestar
 from litestar.di import Provide
@@ -14,18 +15,25 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from mailgate_api import health
 from mailgate_api.accounts.routes import AccountController
+from mailgate_api.accounts.verify import VerifyController
 from mailgate_api.auth import AuthPlugin
 from mailgate_api.body_budget import body_budget
+from mailgate_api.changes.routes import ChangesController
 from mailgate_api.deps import Resources
 from mailgate_api.errors import EXCEPTION_HANDLERS
+from mailgate_api.gateways.routes import GatewayController
+from mailgate_api.logs.routes import LogsController
 from mailgate_api.mailbox.routes import MailboxController
 from mailgate_api.outbox.routes import OutboxController
+from mailgate_api.settings import routes as settings_routes
+from mailgate_api.settings import values as settings_values
 from mailgate_api.settings.routes import SettingsController
+from mailgate_api.stats.routes import StatsController
 from mailgate_api.submit.routes import submit
 from mailgate_api.suppression.routes import SuppressionController
 from mailgate_api.tracing import tracing_middleware
 from mailgate_api.webhooks.routes import WebhookController
-from mailgate_common import gc_tuning, malloc
+from mailgate_common import gc_tuning, malloc, service_settings
 from mailgate_common.budget import Budget
 from mailgate_common.bus import Bus
 from mailgate_common.crypto import Sealer
@@ -50,7 +58,22 @@ async def _connect_bus(bus: Bus) -> None:
             await asyncio.sleep(2)
 
 
+async def _apply_prepared(resources: Resources, prepared: dict[str, Any]) -> None:
+    """MAILGATE_SETTINGS, written at every start (the environment wins over earlier API writes)."""
+    if not prepared:
+        return
+    # The operator's own environment: its webhook URL is not vetted like a caller's.
+    stored = await settings_routes.prepare(prepared, resources.settings, check_urls=False)
+    async with resources.db.transaction() as session:
+        await service_settings.write(session, stored)
+    log.info("applied prepared settings from MAILGATE_SETTINGS: %s", ", ".join(sorted(stored)))
+
+
 def create_app(settings: Settings) -> Litestar:
+    try:
+        prepared = settings_values.parse_prepared(settings.settings)
+    except settings_values.PreparedSettingsError as exc:
+        raise SystemExit(f"mailgate: configuration error: {exc}") from None
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     bus = Bus.from_settings(settings)
     relay = EventRelay(db, bus)
@@ -65,6 +88,7 @@ def create_app(settings: Settings) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await _apply_prepared(resources, prepared)
         connecting = asyncio.create_task(_connect_bus(resources.bus))
         relaying = asyncio.create_task(relay.run())
         malloc.trim()
@@ -85,6 +109,11 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[
             AccountController,
+            VerifyController,
+            ChangesController,
+            GatewayController,
+            LogsController,
+            StatsController,
             MailboxController,
             submit,
             OutboxController,

@@ -24,13 +24,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 import ssl
 from collections.abc import Awaitable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from aioimaplib import aioimaplib  # type: ignore[import-untyped]  # ships no type hints
 
 from mailgate_common import urls
+from mailgate_common.account_log import Tracer
 from mailgate_imap_sync import parse
 from mailgate_imap_sync.protocol import (
     BoundedProtocol,
@@ -46,6 +49,8 @@ __all__ = ["AuthError", "ConnectError", "Connection", "ImapError", "ProtocolErro
            "ResponseTooLarge", "connect", "quote"]
 
 T = TypeVar("T")
+
+_APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]", re.IGNORECASE)
 
 # A command moving this many bytes (an APPEND, a message fetched whole) gets one
 # more second on top of the connection's timeout: 12 MiB may take a while.
@@ -194,8 +199,46 @@ class Connection:
         await self._checked("UID STORE", self._protocol.store(str(uid), operation, "(" + " ".join(flags) + ")",
                                                                by_uid=True))
 
-    async def append(self, raw: bytes, mailbox: str, flags: str) -> None:
-        await self._checked(f"APPEND to {mailbox}", self._protocol.append(raw, quote(mailbox), flags), len(raw))
+    async def append(self, raw: bytes, mailbox: str, flags: str,
+                     date: datetime | None = None) -> tuple[int, int] | None:
+        """APPEND; the new message's (uidvalidity, uid) when the server says (UIDPLUS's APPENDUID)."""
+        response = await self._checked(f"APPEND to {mailbox}", self._protocol.append(
+            raw, quote(mailbox), flags, date), len(raw))
+        found = _APPENDUID.search(bytes(response.lines[-1])) if response.lines else None
+        return (int(found.group(1)), int(found.group(2))) if found else None
+
+    async def uid_command(self, name: str, *args: str) -> list[Any]:
+        """``UID <name> args`` (MOVE, COPY, EXPUNGE, STORE with a uid set); the response lines,
+        untagged and tagged, where the server puts COPYUID."""
+        protocol = self._protocol
+        response = await self._checked(f"UID {name}", protocol.execute(
+            aioimaplib.Command(name, protocol.new_tag(), *args, prefix="UID", loop=protocol.loop)))
+        lines: list[Any] = response.lines
+        return lines
+
+    async def expunge(self) -> None:
+        await self._checked("EXPUNGE", self._protocol.expunge())
+
+    async def expunge_uids(self, uid_set: str) -> None:
+        """Delete these messages of the selected folder for good: only them where UIDPLUS
+        allows, else every message marked \\Deleted there (plain EXPUNGE)."""
+        await self.uid_command("STORE", uid_set, "+FLAGS.SILENT", "(\\Deleted)")
+        if "UIDPLUS" in self.capabilities:
+            await self.uid_command("EXPUNGE", uid_set)
+        else:
+            await self.expunge()
+
+    async def mailbox_command(self, name: str, *args: str) -> tuple[str, bytes]:
+        """CREATE / RENAME / DELETE (quoted names in ``args``): the result (OK, NO, BAD)
+        and the text of the tagged answer, left to the caller to judge."""
+        response = await self._run(name, self._protocol.simple_command(name, *args))
+        text = bytes(response.lines[-1]) if response.lines else b""
+        return str(response.result), text
+
+    async def search(self, criteria: list[str], charset: str | None) -> list[int]:
+        """UID SEARCH with criteria compiled by ``search.compile_search`` (literals inline: LITERAL+)."""
+        response = await self._checked("UID SEARCH", self._protocol.search(*criteria, charset=charset, by_uid=True))
+        return parse.search_result(response.lines[:-1])
 
     async def idle(self, duration: float, settle: float) -> int:
         """IDLE on the selected folder for up to ``duration`` seconds; returns as soon as
@@ -205,6 +248,7 @@ class Connection:
         transport = self.transport
         if self._client is None or transport is None or self.lost:
             raise ConnectError("connection lost")
+        tracer = self._protocol.tracer  # carried over to the client resumed after IDLE
         listener = IdleListener(self)
         # From here on the listener alone reads the socket; aioimaplib's client,
         # idle between commands, is let go until IDLE is over.
@@ -238,6 +282,8 @@ class Connection:
         finally:
             self._listener = None
         self._client = ResumedClient(transport, self.timeout, self.max_bytes, self.on_lost, self.capabilities)
+        if tracer is not None:
+            self._client.protocol.tracer = tracer
         return listener.changed
 
     async def close(self) -> None:
@@ -353,24 +399,28 @@ CONNECT_STEPS = 5
 
 
 async def connect(settings: dict[str, Any], io_timeout: float, max_bytes: int,
-                  public_only: bool = False) -> Connection:
+                  public_only: bool = False, local_address: str | None = None,
+                  tracer: Tracer | None = None) -> Connection:
     """A logged-in connection.  ``public_only``: refuse a host that is not public
     (checked on each connect: DNS answers change)."""
     host, port = settings["host"], int(settings["port"])
     address = await _public_address(host) if public_only else host
     async with asyncio.timeout(CONNECT_STEPS * io_timeout):
         try:
-            return await _connect(settings, host, address, port, io_timeout, max_bytes)
+            return await _connect(settings, host, address, port, io_timeout, max_bytes, local_address, tracer)
         except TimeoutError as exc:
             raise ConnectError(f"no answer from {host}:{port} within {io_timeout:.0f} s") from exc
 
 
 async def _connect(settings: dict[str, Any], host: str, address: str, port: int, io_timeout: float,
-                   max_bytes: int) -> Connection:
+                   max_bytes: int, local_address: str | None = None, tracer: Tracer | None = None) -> Connection:
     secure = bool(settings.get("secure"))
     tls = settings.get("tls") or {}
     client = Client(address, port, io_timeout, max_bytes,
-                    ssl_context=_tls_context(settings) if secure else None, server_hostname=host)
+                    ssl_context=_tls_context(settings) if secure else None, server_hostname=host,
+                    local_address=local_address)
+    if tracer is not None:  # only then: an attribute per watched account costs memory
+        client.protocol.tracer = tracer
     connection = Connection(client, io_timeout, max_bytes)
     client.protocol.conn_lost_cb = connection.on_lost
     try:

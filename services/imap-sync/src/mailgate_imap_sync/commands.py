@@ -132,32 +132,28 @@ class Commands:
         async with self.db.sessions() as session:
             row = await session.get(OutboxMessage, event.queue_id)
             account = await session.get(Account, row.account_id) if row else None
-            sent_path = await session.scalar(
+            # EmailEngine's submit field ``sentMailPath`` names the folder, else the Sent special-use one.
+            sent_path: str | None = str((row.options or {}).get("sentMailPath") or "") if row else ""
+            sent_path = sent_path or await session.scalar(
                 select(Mailbox.path).where(Mailbox.account_id == (row.account_id if row else ""),
                                            Mailbox.special_use == "\\Sent")
             )
-        if row is None or account is None or not account.imap or row.raw is None:
-            return  # gone, or its body already pruned by retention
+        if row is None or account is None or not account.imap:
+            return  # gone
         copy = row.copy if row.copy is not None else account.copy
         host = str((account.imap or {}).get("host", "")).lower()
-        if copy is False or host in SELF_COPYING_HOSTS:
+        # No body: already pruned by retention.
+        wants_copy = copy is not False and host not in SELF_COPYING_HOSTS and row.raw is not None
+        draft = (row.options or {}).get("draft")
+        if not wants_copy and not isinstance(draft, dict):
             return
-        raw = bytes(row.raw)
         async with self.connections.use(account.id) as connection:
             if connection is None:
                 return
-            if sent_path is None:
-                sent_path = next((f.path for f in await connection.list_folders()
-                                  if f.special_use == "\\Sent"), None)
-            if sent_path is None:
-                log.warning("%s: no Sent folder, not copying %s", account.id, row.id)
-                return
-            # Redelivered command: the copy may already be there.
-            await connection.select(sent_path)
-            if await connection.uid_search("HEADER", "Message-ID", quote(row.message_id)):
-                return
-            await connection.append(raw, sent_path, "(\\Seen)")
-            log.info("%s: copied %s to %s", account.id, row.id, sent_path)
+            if wants_copy:
+                await _copy_sent(connection, account.id, row, sent_path)
+            if isinstance(draft, dict):
+                await _remove_draft(connection, account.id, draft)
 
     async def set_flags(self, event: events.ImapSetFlags) -> None:
         row = await self._indexed(event.account, event.message)
@@ -209,6 +205,31 @@ class Commands:
                                              IndexedMessage.account_id == (account or ""))
             )
             return row
+
+
+async def _copy_sent(connection: Connection, account: str, row: OutboxMessage, sent_path: str | None) -> None:
+    assert row.raw is not None
+    if sent_path is None:
+        sent_path = next((f.path for f in await connection.list_folders() if f.special_use == "\\Sent"), None)
+    if sent_path is None:
+        log.warning("%s: no Sent folder, not copying %s", account, row.id)
+        return
+    # Redelivered command: the copy may already be there.
+    await connection.select(sent_path)
+    if await connection.uid_search("HEADER", "Message-ID", quote(row.message_id)):
+        return
+    await connection.append(bytes(row.raw), sent_path, "(\\Seen)")
+    log.info("%s: copied %s to %s", account, row.id, sent_path)
+
+
+async def _remove_draft(connection: Connection, account: str, draft: dict[str, Any]) -> None:
+    """A draft sent with ``POST .../message/{id}/submit`` leaves the Drafts folder once
+    delivered, as in EmailEngine (again on a redelivered command: nothing left to do)."""
+    info: dict[str, Any] = await connection.select(str(draft.get("path")))
+    if info.get("uidvalidity") != draft.get("uidValidity"):
+        return  # the folder was recreated; the draft is gone
+    await connection.expunge_uids(str(int(draft.get("uid", 0))))
+    log.info("%s: removed sent draft %s", account, draft.get("id"))
 
 
 def _too_large(size: int, limit: int) -> RpcReply:

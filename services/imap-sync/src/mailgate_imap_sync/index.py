@@ -63,6 +63,8 @@ class Batch:
     gone: list[int] = field(default_factory=list)
     # uid -> (message id, flags as indexed, flags on the server)
     changed: dict[int, tuple[str, list[str], list[str]]] = field(default_factory=dict)
+    # uid -> messageNew content fields of announced mail (see details.py)
+    details: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.new or self.gone or self.changed)
@@ -170,7 +172,7 @@ class FolderIndex:
                 # Folder row first: it also serialises two writers of the same folder.
                 await self._store_folder(session, finished)
             if rows:
-                staged += await self._insert(session, rows, announce)
+                staged += await self._insert(session, rows, announce, batch.details)
             if batch.gone:
                 staged += await self._delete(session, batch)
             if batch.changed:
@@ -209,7 +211,8 @@ class FolderIndex:
     def _rows(self, batch: Batch) -> list[dict[str, Any]]:
         return [self._row(batch.uidvalidity, item) for item in batch.new]
 
-    async def _insert(self, session: AsyncSession, rows: list[dict[str, Any]], announce: bool) -> list[events.Event]:
+    async def _insert(self, session: AsyncSession, rows: list[dict[str, Any]], announce: bool,
+                      details: dict[int, dict[str, Any]] | None = None) -> list[events.Event]:
         try:
             async with session.begin_nested():
                 inserted = await self._insert_rows(session, rows)
@@ -223,7 +226,9 @@ class FolderIndex:
                 inserted |= await self._insert_one(session, row)
         if not announce:
             return []
-        return [events.MessageNew(**_event_fields(row, self.special_use)) for row in rows if row["id"] in inserted]
+        extra = details or {}
+        return [events.MessageNew(**_event_fields(row, self.special_use), **extra.get(row["uid"], {}))
+                for row in rows if row["id"] in inserted]
 
     async def _insert_one(self, session: AsyncSession, row: dict[str, Any]) -> set[str]:
         """The row; else the row without what its headers said (the message stays listed
@@ -253,7 +258,8 @@ class FolderIndex:
             .where(*self._where(batch.uidvalidity), IndexedMessage.uid.in_(batch.gone))
             .returning(IndexedMessage.id, IndexedMessage.uid, IndexedMessage.message_id)
         )
-        return [events.MessageDeleted(account=self.account, path=self.path, message=mid, uid=uid, message_id=header_id)
+        return [events.MessageDeleted(account=self.account, path=self.path, message=mid, uid=uid, message_id=header_id,
+                                      special_use=self.special_use)
                 for mid, uid, header_id in removed]
 
     async def _update_flags(self, session: AsyncSession, batch: Batch) -> list[events.Event]:

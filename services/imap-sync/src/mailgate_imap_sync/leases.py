@@ -39,7 +39,7 @@ RENEW_SQL = text(
     UPDATE account_leases l SET expires_at = now() + make_interval(secs => :ttl)
     FROM accounts a
     WHERE l.holder = :me AND a.id = l.account_id AND l.expires_at >= now()
-    RETURNING l.account_id, a.imap, a.credentials, a.extra -> 'publicHostsOnly'
+    RETURNING l.account_id, a.imap, a.credentials, a.extra -> 'publicHostsOnly', a.extra -> 'imapCommands'
     """
 )
 # Accounts that no longer want IMAP (settings removed or disabled) are let go.
@@ -76,6 +76,8 @@ class Held:
     account: str
     # Changes when the IMAP settings, credentials or host policy change: the watcher restarts.
     fingerprint: str
+    # reconnect / sync / flush left for the holder by another replica (see control.py).
+    commands: dict[str, str] | None = None
 
 
 def fingerprint(imap: object, credentials: bytes | None, public_only: object = None) -> str:
@@ -115,7 +117,8 @@ class Leases:
         """Extend every lease still ours; the result is exactly what we may watch."""
         async with self.db.transaction() as session:
             rows = await session.execute(RENEW_SQL, {"me": self.holder, "ttl": self.ttl})
-            return [Held(account, fingerprint(imap, creds, public_only)) for account, imap, creds, public_only in rows]
+            return [Held(account, fingerprint(imap, creds, public_only), commands or None)
+                    for account, imap, creds, public_only, commands in rows]
 
     async def release(self, accounts: list[str], leaving: bool = False) -> None:
         async with self.db.transaction() as session:

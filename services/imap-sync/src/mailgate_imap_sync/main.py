@@ -31,22 +31,25 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 from prometheus_client import Gauge
 
 from mailgate_common import events, retention, topology
+from mailgate_common.account_log import AccountLogs
 from mailgate_common.bus import Bus, RpcReply
 from mailgate_common.crypto import Sealer
 from mailgate_common.db import Database
 from mailgate_common.event_relay import EventRelay
+from mailgate_common.local_addresses import LocalAddresses
 from mailgate_common.malloc import fix_mmap_threshold
 from mailgate_common.runtime import run
 from mailgate_common.settings import Settings, load_settings_or_exit
 from mailgate_common.tasks import cancel_and_wait
-from mailgate_imap_sync import operations, state
+from mailgate_imap_sync import accounts, control, operations, state
 from mailgate_imap_sync.commands import Commands
-from mailgate_imap_sync.leases import Leases
+from mailgate_imap_sync.leases import Held, Leases
 from mailgate_imap_sync.watchdog import Watchdog
 from mailgate_imap_sync.watcher import Watcher
 
@@ -80,6 +83,9 @@ class ImapSyncService:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.leases = Leases(self.db, self.holder, settings.imap_lease_ttl, settings.imap_lease_batch)
         self.commands = Commands(settings, self.db, self.sealer)
+        accounts.use_local_addresses(LocalAddresses.from_spec(settings.local_addresses))
+        self.account_logs = AccountLogs(self.db)
+        accounts.use_account_logs(self.account_logs)
         self.watchers: dict[str, Watched] = {}
         self.opening = asyncio.Semaphore(max(4, OPENING_PER_DB_CONNECTION * settings.db_pool_size))
         self.watchdog = Watchdog(STALL_TIMEOUTS * settings.imap_timeout + STALL_MARGIN, STOP_DEADLINE)
@@ -95,6 +101,7 @@ class ImapSyncService:
             asyncio.create_task(self.heartbeat_loop()),
             asyncio.create_task(self.relay.run()),
             asyncio.create_task(self.commands.connections.run()),
+            asyncio.create_task(self.account_logs.run()),
             asyncio.create_task(retention.run_periodically(lambda: retention.prune_bounces(self.db, self.settings))),
         ]
         log.info("imap-sync replica %s", self.holder)
@@ -109,6 +116,29 @@ class ImapSyncService:
             await self.commands.append_sent(event)
         elif isinstance(event, events.ImapSetFlags):
             await self.commands.set_flags(event)
+        elif isinstance(event, events.AccountCommand) and event.account:
+            if event.account in self.watchers:
+                await self._account_command(event.account, event.command)
+            else:
+                # Another replica watches it (or nobody yet): its heartbeat finds the mark.
+                await control.mark(self.db, event.account, event.command, event.id)
+
+    async def _account_command(self, account: str, command: str) -> None:
+        entry = self.watchers.get(account)
+        if entry is None:
+            return
+        log.info("%s: %s", account, command)
+
+        async def restart(between: Callable[[], Awaitable[None]] | None) -> None:
+            await self._stop_watchers([account])
+            if between is not None:
+                await between()
+                # The heartbeat may have started a watcher meanwhile, on an index being wiped.
+                await self._stop_watchers([account])
+            if account not in self.watchers:
+                self._start_watcher(account)
+
+        await control.run(command, account, sync_now=entry.watcher.sync_now, restart=restart, db=self.db)
 
     async def on_request(self, event: events.AnyEvent) -> RpcReply:
         if isinstance(event, events.ImapFetch):
@@ -157,7 +187,8 @@ class ImapSyncService:
             # and the watcher just started for it must not be stopped as "lost".
             started = set(self.watchers)
             try:
-                held = {h.account: h.fingerprint for h in await self.leases.renew()}
+                renewed = await self.leases.renew()
+                held = {h.account: h.fingerprint for h in renewed}
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -181,6 +212,21 @@ class ImapSyncService:
             for account in held:
                 if account not in self.watchers:
                     self._start_watcher(account)
+            await self._pending_commands(renewed)
+
+    async def _pending_commands(self, renewed: list[Held]) -> None:
+        """Commands other replicas left for accounts we watch (see control.py)."""
+        for held in renewed:
+            command = control.strongest(held.commands)
+            if command is None or held.account not in self.watchers or held.commands is None:
+                continue
+            try:
+                await control.clear(self.db, held.account, held.commands)
+                await self._account_command(held.account, command)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("%s: %s failed: %r", held.account, command, exc)
 
     async def _restart_hung(self) -> None:
         for account in self.watchdog.hung((a, w.watcher) for a, w in self.watchers.items()):

@@ -51,4 +51,12 @@ async def run(commands: Commands, event: events.ImapCommand) -> RpcReply:
     try:
         return reply(await handler(commands, event.account, event.args, event.raw))
     except OperationError as exc:
-        return reply(Result({"error": str(exc), "code": exc.code}, exc.status))
+        body = {"error": str(exc), "code": exc.code}
+        field = getattr(exc, "field", None)
+        if field:
+            body["field"] = field
+        return reply(Result(body, exc.status))
+
+
+# The operations register themselves in HANDLERS on import.
+from mailgate_imap_sync import ops_mailboxes, ops_messages, verify  # noqa: E402, F401

@@ -13,6 +13,7 @@ import enum
 import hashlib
 import logging
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.parser import BytesHeaderParser
@@ -55,6 +56,7 @@ class Change(enum.IntFlag):
     EXISTS = 1  # the message count (new mail)
     EXPUNGE = 2  # messages removed
     FLAGS = 4  # flags changed (FETCH)
+    FOLDERS = 8  # another folder changed or one was created/renamed (NOTIFY's STATUS / LIST)
 
 
 _CHANGE = re.compile(rb"^(?:\* )?(?:\d+ (EXISTS|RECENT|EXPUNGE|FETCH)|(VANISHED))", re.IGNORECASE)
@@ -62,8 +64,13 @@ _CHANGE_KIND = {b"EXISTS": Change.EXISTS, b"RECENT": Change.EXISTS, b"EXPUNGE": 
                 b"FETCH": Change.FLAGS}
 
 
+_FOLDER_CHANGE = re.compile(rb"^(?:\* )?(?:STATUS|LIST) ", re.IGNORECASE)
+
+
 def change_of(line: bytes) -> int:
     """The kind of change an untagged line reports (0: none)."""
+    if _FOLDER_CHANGE.match(line):
+        return int(Change.FOLDERS)
     found = _CHANGE.match(line)
     if found is None:
         return 0
@@ -96,7 +103,9 @@ class FetchedMessage:
     header: bytes | None = None
 
 
-@dataclass(frozen=True)
+# Slotted, and names interned (parse_list): a watcher keeps its account's listing
+# for the connection's life, and most accounts have the same few folder names.
+@dataclass(frozen=True, slots=True)
 class Folder:
     path: str
     delimiter: str | None
@@ -172,11 +181,12 @@ def parse_list(lines: list[Any]) -> list[Folder]:
         if any(f.lower() == "\\noselect" or f.lower() == "\\nonexistent" for f in flags):
             continue
         delim = clean_text(match.group("delim"), 8)
-        special = next((f for f in flags if f in SPECIAL_USE), None)
+        # The constant, not the parsed copy: one string shared by every account.
+        special = next((use for use in SPECIAL_USE if use in flags), None)
         name = _unquote(clean_text(match.group("name")))
         if len(name) > PATH_MAX:
             continue  # not a folder anyone could open
-        folders.append(Folder(name, None if delim == "NIL" else _unquote(delim), special))
+        folders.append(Folder(sys.intern(name), None if delim == "NIL" else sys.intern(_unquote(delim)), special))
     # Servers without SPECIAL-USE: guess from common names.
     taken = {f.special_use for f in folders if f.special_use}
     result: list[Folder] = []
@@ -220,6 +230,11 @@ def _addresses(value: str | None) -> list[dict[str, str]]:
     if not value:
         return []
     return [_address(n, a) for n, a in getaddresses([value]) if a][:ADDRESSES_MAX]
+
+
+def addresses(value: str | None) -> list[dict[str, str]]:
+    """The addresses of one header's value, clean and capped."""
+    return _addresses(value)
 
 
 def envelope(header: bytes | None) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from typing import Any
 
 from aioimaplib import aioimaplib  # type: ignore[import-untyped]  # ships no type hints
 
+from mailgate_common.account_log import Tracer
 from mailgate_common.failures import TransientError
 
 _LITERAL = re.compile(rb"\{(\d+)\}$")
@@ -96,9 +97,19 @@ class BoundedProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]  # 
 
     # --- reading ----------------------------------------------------------
 
+    # The account's protocol log (mailgate_common.account_log), when its ``logs`` is on.
+    tracer: Tracer | None = None
+
+    def send(self, line: str, scrub: str | None = None) -> None:
+        if self.tracer is not None:
+            self.tracer.sent(line.encode())
+        super().send(line, scrub)
+
     def data_received(self, d: bytes) -> None:
         if self.failure is not None:
             return
+        if self.tracer is not None:
+            self.tracer.received(d)
         self._received += len(d)
         if self._received > self.max_bytes:
             self.fail(ResponseTooLarge(f"the server sent more than {self.max_bytes} bytes for one command"))
@@ -212,9 +223,12 @@ class Client(aioimaplib.IMAP4):  # type: ignore[misc]  # untyped base
     """
 
     def __init__(self, host: str, port: int, timeout: float, max_bytes: int,
-                 ssl_context: Any = None, server_hostname: str | None = None) -> None:
+                 ssl_context: Any = None, server_hostname: str | None = None,
+                 local_address: str | None = None) -> None:
         self._max_bytes = max_bytes
         self._server_hostname = server_hostname
+        # MAILGATE_LOCAL_ADDRESSES: the source address this connection binds to.
+        self._local_addr = (local_address, 0) if local_address else None
         super().__init__(host, port, timeout=timeout, ssl_context=ssl_context)
 
     def create_client(self, host: str, port: int, loop: Any, conn_lost_cb: Any = None,
@@ -225,6 +239,7 @@ class Client(aioimaplib.IMAP4):  # type: ignore[misc]  # untyped base
         self._client_task = running.create_task(running.create_connection(
             lambda: protocol, host, port, ssl=ssl_context,
             server_hostname=(self._server_hostname or host) if ssl_context is not None else None,
+            local_addr=self._local_addr,
         ))
 
 

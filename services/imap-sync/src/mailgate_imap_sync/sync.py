@@ -20,13 +20,16 @@ thousands of rows, and an expunge during the walk shifts no range.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable, Sequence
 
 from mailgate_common.db.models import Mailbox
 from mailgate_common.event_relay import EventRelay
-from mailgate_imap_sync import bounces, parse
-from mailgate_imap_sync.client import Connection
+from mailgate_imap_sync import bounces, details, parse
+from mailgate_imap_sync.client import Connection, ImapError
 from mailgate_imap_sync.index import Batch, FolderIndex, FolderState, Known, compare
+
+log = logging.getLogger(__name__)
 
 # Messages per FETCH and per transaction of a full comparison.
 CHUNK = 500
@@ -194,6 +197,19 @@ class FolderSync:
                                              count))
         return count
 
+    async def _details(self, batch: Batch) -> None:
+        """The messageNew content fields of the mail about to be announced."""
+        ids = {m.uid: parse.message_id(self.folder.account, self.folder.path, batch.uidvalidity, m.uid)
+               for m in batch.new}
+        try:
+            batch.details = await details.fetch(self.connection, self.folder.db, ids)
+        except ImapError as exc:
+            if self.connection.lost:
+                raise
+            # A refused FETCH must not hold the announcement back: it goes out with the index's facts.
+            log.warning("%s %s: no details for new mail: %s", self.folder.account, self.folder.path, exc)
+        self.progress()
+
     async def _apply(self, batch: Batch, announce: bool, finished: FolderState | None = None) -> None:
         if announce and batch.new and self.folder.path == "INBOX":
             # Before the index commit: a crash in between re-checks the same mail
@@ -201,6 +217,8 @@ class FolderSync:
             await bounces.check_new(self.connection, self.folder.db, self.relay, self.folder.account,
                                     self.folder.path, batch.uidvalidity, batch.new)
             self.progress()
+        if announce and batch.new:
+            await self._details(batch)
         if not batch and finished is None:
             return
         staged = await self.folder.apply(batch, announce, finished)

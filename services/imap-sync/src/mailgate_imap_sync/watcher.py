@@ -12,10 +12,16 @@
 Any IDLE push (EXISTS, EXPUNGE, FETCH) triggers a sync of the folder, which
 costs what changed, not what the folder holds (see ``sync.py``).
 
-The other folders the account asks for (``path``, see ``folders.py``) share
-the same connection: every ``imap_folder_poll`` seconds IDLE is ended, each
-folder gets a cheap STATUS, and only a changed one is synced the same way;
-then INBOX is selected again and IDLE resumes.
+The other folders the account asks for (``path``, every folder by default,
+see ``folders.py``) share the same connection: every ``imap_folder_poll``
+seconds IDLE is ended, the folders are listed again (a folder that appeared
+is announced as ``mailboxNew``, one that disappeared loses its index and is
+announced as ``mailboxDeleted``), each watched folder gets a cheap STATUS, and
+only a changed one is synced the same way; then INBOX is selected again and
+IDLE resumes.  No task or connection per folder: a folder costs one row.
+
+``sync_now`` (the ``sync`` account command) ends IDLE early and runs such a
+round at once.
 
 ``busy_since`` tells the replica's watchdog (``watchdog.py``) when the watcher
 last made progress while working; it is 0.0 while it waits (IDLE, backoff,
@@ -29,16 +35,17 @@ import contextlib
 import logging
 import time
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 
+from mailgate_common import events
 from mailgate_common.backoff import backoff_delay
 from mailgate_common.crypto import CredentialError, Sealer
 from mailgate_common.db import Database
 from mailgate_common.db.models import IndexedMessage, Mailbox
-from mailgate_common.event_relay import EventRelay
+from mailgate_common.event_relay import EventRelay, stage
 from mailgate_common.settings import Settings
-from mailgate_imap_sync import accounts, folders, parse
+from mailgate_imap_sync import accounts, folders, mailboxes, notify, parse
 from mailgate_imap_sync.accounts import ImapAccount
 from mailgate_imap_sync.client import AuthError, ConnectError, Connection, ImapError, RefusedHost, ResponseTooLarge
 from mailgate_imap_sync.index import FolderIndex
@@ -53,8 +60,8 @@ PUSH_SETTLE = 0.1
 
 class Watcher:
     # Thousands live in one process: no per-instance __dict__.
-    __slots__ = ("account", "busy_since", "db", "failures", "fingerprint", "listed", "opening", "relay", "sealer",
-                 "settings")
+    __slots__ = ("account", "busy_since", "connection", "db", "failures", "fingerprint", "forced", "listed",
+                 "opening", "relay", "sealer", "settings")
 
     def __init__(self, settings: Settings, db: Database, relay: EventRelay, sealer: Sealer,
                  account: str, opening: asyncio.Semaphore) -> None:
@@ -72,13 +79,26 @@ class Watcher:
         # the watcher when the stored ones differ.
         self.fingerprint = ""
         # The folders the server listed last (LIST is repeated on each folder poll).
-        self.listed: list[parse.Folder] = []
+        self.listed: tuple[parse.Folder, ...] = ()
+        # The open connection (None between connections) and whether a sync of
+        # everything was asked for (``sync_now``).
+        self.connection: Connection | None = None
+        self.forced = False
 
     def progress(self) -> None:
         self.busy_since = time.monotonic()
 
     def rest(self) -> None:
         self.busy_since = 0.0
+
+    def sync_now(self) -> None:
+        """Sync every watched folder as soon as possible (ends a running IDLE)."""
+        self.forced = True
+        connection = self.connection
+        listener = connection._listener if connection is not None else None
+        # Only once the server accepted IDLE: woken before, IDLE would count as refused.
+        if listener is not None and listener.accepted:
+            listener.wake()
 
     async def run(self) -> None:
         while True:
@@ -126,7 +146,8 @@ class Watcher:
                 self.progress()
                 await set_state(self.db, self.relay, self.account, "connecting")
                 connection = await imap.connect(self.settings.imap_timeout, self.settings.imap_max_response_bytes)
-                spec = folders.watch_spec(imap.settings)
+                self.connection = connection
+                spec = folders.for_server(folders.watch_spec(imap.settings), connection.capabilities)
                 # Logged in: the settings (with the password) are not needed any more, and
                 # would otherwise stay referenced by this frame for the connection's life.
                 imap.settings.clear()
@@ -164,6 +185,7 @@ class Watcher:
             await set_state(self.db, self.relay, self.account, "disconnected", repr(exc))
             return self._backoff()
         finally:
+            self.connection = None
             if connection is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(connection.close())
@@ -177,17 +199,19 @@ class Watcher:
         if "CONDSTORE" in connection.capabilities and "ENABLE" in connection.capabilities:
             # SELECT then reports HIGHESTMODSEQ and FETCH reports MODSEQ.
             await connection.enable("CONDSTORE")
-        self.listed = await connection.list_folders()
-        await self._store_folders(self.listed)
+        self.listed = folders.shared(await connection.list_folders())
+        await self._store_folders(connection, list(self.listed))
         await self._forget_unwatched(spec)
         if spec:
             # Before "connected" too, so the same promise holds for these folders.
             await self._poll_folders(connection, spec, relist=False)
         else:
             # Only needed to poll other folders: not kept for the connection's life.
-            self.listed = []
+            self.listed = ()
         inbox = FolderIndex(self.db, self.account, "INBOX")
         await self._sync(connection, inbox)
+        if spec and "NOTIFY" in connection.capabilities:
+            await self._notify(connection)
         # Only now: mail arriving after "connected" is guaranteed to be announced.
         await set_state(self.db, self.relay, self.account, "connected")
         self.failures = 0
@@ -201,7 +225,9 @@ class Watcher:
                 raise ConnectError("connection lost")
             until_poll = max(0.0, next_poll - time.monotonic()) if spec else None
             self.rest()
-            if idle:
+            if self.forced:
+                pushed = 0
+            elif idle:
                 pushed = await self._idle(connection, until_poll)
             else:
                 await asyncio.sleep(self.settings.imap_poll_interval if until_poll is None
@@ -210,7 +236,12 @@ class Watcher:
                 # NOOP reports what changed; new mail and expunges are also seen in the
                 # counts, so a quiet answer still gets the cheap check for them.
                 pushed = await connection.noop() or int(parse.Change.EXISTS)
-            poll = bool(spec) and time.monotonic() >= next_poll
+            forced, self.forced = self.forced, False
+            if forced:
+                pushed |= ANY_CHANGE
+            # NOTIFY told that another folder changed: its poll round now, not later.
+            poll = bool(spec) and (forced or bool(pushed & parse.Change.FOLDERS) or time.monotonic() >= next_poll)
+            pushed &= ANY_CHANGE
             if not (pushed or poll):
                 continue
             # Bounded like the first sync: mail reaching every account at once must
@@ -225,6 +256,13 @@ class Watcher:
                     # Also re-selects INBOX, which the next IDLE watches.
                     await self._sync(connection, inbox, pushed or ANY_CHANGE)
 
+    async def _notify(self, connection: Connection) -> None:
+        """News of every folder pushed, where the server can (see ``notify.py``)."""
+        accepted = await notify.enable(connection)
+        self.progress()
+        if not accepted:
+            log.info("%s: NOTIFY refused, polling the other folders", self.account)
+
     async def _sync(self, connection: Connection, folder: FolderIndex, pushed: int = ANY_CHANGE) -> None:
         await FolderSync(connection, folder, self.relay, self.progress).run(pushed)
 
@@ -233,9 +271,9 @@ class Watcher:
         if relist:
             # Listed again each round: a folder created (or renamed) since is found.
             listed = await connection.list_folders()
-            if listed != self.listed:
-                await self._store_folders(listed)
-                self.listed = listed
+            if tuple(listed) != self.listed:
+                await self._store_folders(connection, listed)
+                self.listed = folders.shared(listed)
                 await self._forget_unwatched(spec)
         selected = False
         condstore = "CONDSTORE" in connection.capabilities
@@ -249,7 +287,7 @@ class Watcher:
                 # Deleted between LIST and STATUS: not worth dropping the connection.
                 log.info("%s: STATUS %s failed: %s", self.account, folder.path, response.result)
                 continue
-            if folders.unchanged(await index.stored(), folders.parse_status(response.lines)):
+            if folders.unchanged(await index.stored(), folders.parse_status(response.lines, folder.path)):
                 continue
             await self._sync(connection, index)
             selected = True
@@ -283,15 +321,51 @@ class Watcher:
         restart = self.settings.imap_idle_restart
         return await connection.idle(restart if until is None else min(until, restart), PUSH_SETTLE)
 
-    async def _store_folders(self, folders: list[parse.Folder]) -> None:
-        if not folders:
-            return
+    async def _store_folders(self, connection: Connection, listed: list[parse.Folder]) -> None:
+        """Store the listing; announce the folders that appeared or disappeared since
+        the last one (the account's first listing announces nothing) and drop the
+        index of those that disappeared."""
+        if not listed:
+            return  # an empty answer is a server hiccup, not every folder gone
+        unique = {f.path: f for f in listed}
+        async with self.db.sessions() as session:
+            rows = await session.execute(
+                select(Mailbox.path, Mailbox.special_use).where(Mailbox.account_id == self.account))
+            # Not dict(rows): a Result has keys() (its column names), so dict() would index it.
+            stored = {path: special_use for path, special_use in rows.tuples()}
+        change = mailboxes.changes(stored, list(unique.values()))
+        appeared = [await self._announce_new(connection, f) for f in change.appeared]
         statement = insert(Mailbox).values([
             {"account_id": self.account, "path": f.path, "special_use": f.special_use, "delimiter": f.delimiter}
-            for f in {f.path: f for f in folders}.values()
+            for f in unique.values()
         ])
         async with self.db.transaction() as session:
             await session.execute(statement.on_conflict_do_update(
                 index_elements=["account_id", "path"],
                 set_={"special_use": statement.excluded.special_use, "delimiter": statement.excluded.delimiter},
             ))
+            if change.gone:
+                paths = list(change.gone)
+                await session.execute(delete(IndexedMessage).where(IndexedMessage.account_id == self.account,
+                                                                   IndexedMessage.path.in_(paths)))
+                await session.execute(delete(Mailbox).where(Mailbox.account_id == self.account,
+                                                            Mailbox.path.in_(paths)))
+            staged: list[events.Event] = [
+                *appeared,
+                *(events.MailboxDeleted(account=self.account, path=path, name=mailboxes.name_of(path, delimiter),
+                                        special_use=special_use)
+                  for path, (special_use, delimiter) in change.gone.items()),
+            ]
+            stage(session, *staged)
+        if staged:
+            await self.relay.publish_committed(staged)
+
+    async def _announce_new(self, connection: Connection, folder: parse.Folder) -> events.Event:
+        uidvalidity = None
+        response = await connection.status(folder.path, "(UIDVALIDITY)")
+        self.progress()
+        if response.result == "OK":
+            uidvalidity = folders.parse_status(response.lines, folder.path).get("uidvalidity")
+        return events.MailboxNew(account=self.account, path=folder.path,
+                                 name=mailboxes.name_of(folder.path, folder.delimiter),
+                                 special_use=folder.special_use, uid_validity=uidvalidity)

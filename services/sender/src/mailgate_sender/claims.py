@@ -46,7 +46,7 @@ _CLAIMABLE = ", ".join(f"'{state}'" for state in lifecycle.CLAIM.from_states)
 _COLUMNS = f"""outbox.id, outbox.account_id, outbox.message_id, outbox.envelope_from, outbox.envelope_to,
               CASE WHEN octet_length(outbox.raw) <= {INLINE_BODY} THEN outbox.raw END,
               octet_length(outbox.raw), outbox.attempts_made, outbox.max_attempts, outbox.reference,
-              outbox.copy, outbox.next_attempt_at, outbox.takeovers"""
+              outbox.copy, outbox.next_attempt_at, outbox.takeovers, outbox.options"""
 _RESTING = "EXISTS (SELECT 1 FROM accounts a WHERE a.id = outbox.account_id AND a.throttled_until > now())"
 
 # ``due`` takes the oldest due messages of accounts with a free connection here,
@@ -159,6 +159,7 @@ class Claim:
     copy: bool | None
     next_attempt_at: datetime
     takeovers: int  # times a claimant died holding this message (this claim included)
+    options: dict[str, Any]  # "dsn", "gateway", ... (OutboxMessage.options)
     hold: Hold = field(compare=False, repr=False)
 
 
@@ -215,7 +216,7 @@ class Claimer:
             hold = Hold(r[0], token)
             self.held.add(hold)
             claims.append(Claim(r[0], token, r[1], r[2], r[3], list(r[4]), r[5], r[6], r[7], r[8], r[9], r[10],
-                                r[11], r[12], hold))
+                                r[11], r[12], r[13] or {}, hold))
             if r[12]:
                 log.warning("%s taken over from a sender that stopped (takeover %d)", r[0], r[12])
         return Claimed(claims, candidates - len(rows))

@@ -2,7 +2,8 @@
 
     claim (claims.py: many at once, queued|deferred -> sending; renewed while held)
       -> taken over too often? failed, not tried again
-      -> the account's SMTP settings (cached, credentials decrypted once)
+      -> the account's SMTP settings (cached, credentials decrypted once), or the
+         submit's gateway instead
       -> per-account limits (may hand the message back: no attempt spent)
       -> room in the byte budget for its body (large bodies only), the
          account's connection slot, then one of the process's SMTP slots
@@ -10,6 +11,7 @@
       -> SMTP transaction on a pooled connection
       -> outcome written with other messages' in one durable commit (recorder.py)
       -> events published once that commit is done
+      -> the account's smtpStatus if it changed, the gateway's counters (smtp_status.py)
 
 A message is only ever finished by the sender still holding its claim, and
 ``sent`` is final, so redelivered events and racing replicas never send twice.
@@ -42,11 +44,15 @@ from mailgate_common.db.models import (
     EXTRA_RETRY_UNKNOWN_OUTCOME,
     Account,
     DeliveryAttempt,
+    Gateway,
     OutboxMessage,
 )
+from mailgate_common.local_addresses import LocalAddresses
 from mailgate_common.settings import Settings
 from mailgate_common.telemetry import context_from_traceparent, current_traceparent
+from mailgate_sender import smtp_status
 from mailgate_sender.claims import BodyGone, Claim, Claimer
+from mailgate_sender.dsn import Dsn
 from mailgate_sender.limits import Limits, acquire, effective_limits, is_slow_down, throttle_delay
 from mailgate_sender.outcome import Outcome
 from mailgate_sender.recorder import Record, Recorder
@@ -65,6 +71,8 @@ QUEUE_LAG = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
 ACCOUNT_TTL = 5.0  # seconds an account's SMTP settings are reused before re-reading
+GATEWAY_TTL = 5.0  # the same for a gateway's
+EXTRA_SMTP_EHLO_NAME = "smtpEhloName"  # EmailEngine's account field, kept in Account.extra by the API
 
 # A span per message costs more CPU than the rest of its bookkeeping: only built
 # when someone collects them (the operator configured an OTLP endpoint).  Without
@@ -84,6 +92,7 @@ class Sending:
     imap: bool
     throttle_level: int
     retry_unknown: bool  # an unknown outcome is retried like a temporary failure
+    smtp_error: bool = False  # its smtpStatus says its server refused our login
 
 
 class Deliverer:
@@ -93,10 +102,12 @@ class Deliverer:
         self.recorder = recorder
         self.claimer = claimer
         self.pool = SmtpPool(settings.smtp_timeout, settings.sender_concurrency, settings.smtp_helo_name,
-                             data_timeout=settings.smtp_data_timeout)
+                             data_timeout=settings.smtp_data_timeout,
+                             local_addresses=LocalAddresses.from_spec(settings.local_addresses))
         self.sealer = Sealer.from_settings(settings.secret, settings.secret_previous)
         self._accounts: dict[str, tuple[float, Sending | None]] = {}
         self._loading: dict[str, asyncio.Future[Sending | None]] = {}
+        self._gateways: dict[str, tuple[float, SmtpServer | Outcome]] = {}
         self._slots: dict[str, Budget] = {}
         # Bytes of bodies loaded for their exchange (those that came with their
         # claim are small, and bounded by the number of claims).
@@ -113,7 +124,9 @@ class Deliverer:
 
     async def _sending(self, account_id: str) -> Sending | None:
         cached = self._accounts.get(account_id)
-        if cached is not None and cached[0] > time.monotonic():
+        # An account whose server refused our login is read afresh for each message:
+        # the moment its password is fixed, its messages must stop failing.
+        if cached is not None and cached[0] > time.monotonic() and not (cached[1] and cached[1].smtp_error):
             return cached[1]
         loading = self._loading.get(account_id)
         if loading is not None:  # a batch of one account's messages reads it once
@@ -163,13 +176,18 @@ class Deliverer:
             try:
                 secret = self.sealer.open(account.credentials).get("smtp") if account.credentials else None
                 server = SmtpServer.from_account(with_secret(account.smtp, secret))
+                ehlo_name = (account.extra or {}).get(EXTRA_SMTP_EHLO_NAME)
+                if isinstance(ehlo_name, str) and ehlo_name:
+                    server = dataclasses.replace(server, ehlo_name=ehlo_name)
             except (CredentialError, KeyError, ValueError) as exc:
                 problem = Outcome("permanent", f"Invalid SMTP settings: {exc}", error_code="ESETTINGS")
         limits = effective_limits(account.limits, server.host) if server else Limits({})
         retry_unknown = self.settings.sender_retry_unknown_outcome or bool(
             (account.extra or {}).get(EXTRA_RETRY_UNKNOWN_OUTCOME))
+        known = (account.extra or {}).get(smtp_status.EXTRA_SMTP_STATUS)
+        smtp_error = isinstance(known, dict) and known.get("status") == "error"
         return Sending(account.id, server, problem, limits, account.copy, bool(account.imap),
-                       account.throttle_level, retry_unknown)
+                       account.throttle_level, retry_unknown, smtp_error)
 
     async def _public_only(self, sending: Sending, server: SmtpServer) -> Sending:
         """An account restricted to public mail servers (its settings came from an
@@ -180,6 +198,29 @@ class Deliverer:
             problem = Outcome("permanent", f"Refused SMTP host: {exc}", error_code="ESETTINGS")
             return dataclasses.replace(sending, server=None, problem=problem)
         return sending
+
+    async def _gateway(self, gateway_id: str) -> SmtpServer | Outcome:
+        """The gateway's server (cached like an account's), or why it cannot be used."""
+        cached = self._gateways.get(gateway_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        async with self.db.sessions() as session:
+            row = await session.get(Gateway, gateway_id)
+        found: SmtpServer | Outcome
+        if row is None:
+            found = Outcome("permanent", f"Gateway {gateway_id} does not exist", error_code="ESETTINGS")
+        else:
+            try:
+                found = SmtpServer(row.host, int(row.port), bool(row.secure), row.username or None,
+                                   _gateway_password(self.sealer.open(row.credentials)) if row.credentials
+                                   else None)
+            except CredentialError as exc:
+                found = Outcome("permanent", f"Invalid gateway credentials: {exc}", error_code="ESETTINGS")
+        before = cached[1] if cached is not None else None
+        if isinstance(before, SmtpServer) and before != found:
+            self.pool.retire(before)
+        self._gateways[gateway_id] = (time.monotonic() + GATEWAY_TTL, found)
+        return found
 
     def _forget_account(self, account_id: str) -> None:
         cached = self._accounts.get(account_id)
@@ -212,9 +253,16 @@ class Deliverer:
         QUEUE_LAG.observe(max(0.0, (started - claim.next_attempt_at).total_seconds()))
         sending = await self._sending(claim.account_id)
         traceparent = trace_hint()
-        server = sending.server if sending is not None else None
-        if sending is None or server is None:
+        gateway = claim.options.get("gateway") if claim.options else None
+        server: SmtpServer | None
+        if gateway and sending is not None:
+            # A submit's ``gateway`` replaces the account's SMTP server for this message.
+            through = await self._gateway(str(gateway))
+            server, problem = (through, None) if isinstance(through, SmtpServer) else (None, through)
+        else:
+            server = sending.server if sending is not None else None
             problem = sending.problem if sending is not None else None
+        if sending is None or server is None:
             outcome = problem or Outcome("permanent", "Account has no SMTP settings", error_code="ESETTINGS")
             await self._record(claim, sending, None, outcome, started, traceparent)
             return
@@ -247,6 +295,19 @@ class Deliverer:
         await self._record(claim, sending, server, outcome, started, traceparent)
         if outcome.kind == "sent" and sending.throttle_level:
             await self._unthrottle(sending.account_id)
+        if gateway:
+            await smtp_status.record_gateway(self.db, str(gateway), outcome)
+        elif _changes_smtp_status(sending, outcome):
+            await self._smtp_status_changed(sending.account_id, outcome)
+
+    async def _smtp_status_changed(self, account_id: str, outcome: Outcome) -> None:
+        """Best effort, after the message's record: its next change tries again."""
+        try:
+            await smtp_status.record_account(self.db, self.recorder.relay, account_id, outcome)
+        except Exception as exc:
+            log.warning("could not store the SMTP status of account %s: %r", account_id, exc)
+            return
+        self._forget_account(account_id)
 
     async def _exchange_in_turn(
         self, claim: Claim, sending: Sending, server: SmtpServer, traceparent: str | None
@@ -271,10 +332,11 @@ class Deliverer:
     ) -> tuple[Outcome, str | None]:
         """The SMTP transaction; returns its outcome and the trace context its events continue."""
         deliver = self.pool.deliver
+        dsn = Dsn.from_option(claim.options.get("dsn")) if claim.options else None
         with SEND_SECONDS.time():
             if not TRACING:
-                return await deliver(server, claim.envelope_from, claim.envelope_to, raw, claim.hold.may_send), \
-                    traceparent
+                return await deliver(server, claim.envelope_from, claim.envelope_to, raw, claim.hold.may_send,
+                                     dsn), traceparent
             with tracer.start_as_current_span(
                 "smtp deliver",
                 # The trace of the submit that queued this message, when its wake-up told us.
@@ -282,7 +344,8 @@ class Deliverer:
                 kind=trace.SpanKind.CLIENT,
                 attributes={"mailgate.queue_id": claim.queue_id, "server.address": server.label},
             ) as span:
-                outcome = await deliver(server, claim.envelope_from, claim.envelope_to, raw, claim.hold.may_send)
+                outcome = await deliver(server, claim.envelope_from, claim.envelope_to, raw, claim.hold.may_send,
+                                        dsn)
                 span.set_attribute("mailgate.outcome", outcome.kind)
                 # Events about this attempt continue its trace.
                 return outcome, current_traceparent()
@@ -339,6 +402,7 @@ class Deliverer:
             error=_attempt_error(outcome),
             started_at=started,
             events=staged,
+            authenticated=outcome.authenticated,
         )
 
     def _after_failure(
@@ -459,7 +523,7 @@ class Deliverer:
                     queue_id=claim.queue_id, attempt=claim.attempts_made + 1, outcome="throttled",
                     server=server.label if server else None, smtp_code=outcome.code,
                     smtp_status=outcome.status, response=outcome.response, error=reason,
-                    started_at=started or events.utcnow(),
+                    started_at=started or events.utcnow(), authenticated=outcome.authenticated,
                 ))
 
     async def close(self) -> None:
@@ -475,7 +539,9 @@ def _sent_events(
     )]
     imap = sending is not None and sending.imap
     copy = claim.copy if claim.copy is not None else sending.copy if sending else None
-    if imap and copy is not False:
+    # A sent draft leaves the Drafts folder even when no Sent copy is wanted (imap-sync does both).
+    draft = bool(claim.options and claim.options.get("draft"))
+    if imap and (copy is not False or draft):
         staged.append(events.ImapAppendSent(account=claim.account_id, queue_id=claim.queue_id, traceparent=traceparent))
     if claim.reference and imap:
         # A reply or forward marks the message it answered, as mail clients do.
@@ -521,3 +587,17 @@ def _attempt_error(outcome: Outcome) -> str | None:
     if outcome.refused:
         parts.append("refused: " + "; ".join(f"{k} {v}" for k, v in outcome.refused.items()))
     return " | ".join(parts) or None
+
+
+def _changes_smtp_status(sending: Sending, outcome: Outcome) -> bool:
+    """A refused login of an account not known to be refused, or a send of one that was."""
+    return outcome.kind == "sent" if sending.smtp_error else smtp_status.is_auth_failure(outcome)
+
+
+def _gateway_password(sealed: dict[str, object]) -> str | None:
+    """A gateway's sealed password: ``{"pass": ...}`` (or the accounts' ``{"smtp": ...}``)."""
+    for key in ("pass", "password", "smtp"):
+        value = sealed.get(key)
+        if isinstance(value, str):
+            return value
+    return None

@@ -23,6 +23,7 @@ from collections import Counter, OrderedDict
 from mailgate_common.settings import Settings
 from mailgate_sender.claims import Claim, Claimer
 from mailgate_sender.delivery import Deliverer
+from mailgate_sender.queue_control import QueueControl
 
 log = logging.getLogger("mailgate.sender")
 
@@ -34,7 +35,8 @@ SETTLE = 0.5
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, claimer: Claimer, deliverer: Deliverer) -> None:
+    def __init__(self, settings: Settings, claimer: Claimer, deliverer: Deliverer,
+                 queue: QueueControl | None = None) -> None:
         self.poll = settings.sender_poll_interval
         self.claimer = claimer
         self.deliverer = deliverer
@@ -53,6 +55,7 @@ class Dispatcher:
         # each of those is a message the server has and the database does not know yet.
         self.max_claimed = 2 * self.concurrency
         self.tasks: set[asyncio.Task[None]] = set()
+        self.queue = queue  # the operator's pause and concurrency of the submit queue
         self.stopping = False
         self.wake = asyncio.Event()
         self.slot_freed = asyncio.Event()
@@ -78,7 +81,17 @@ class Dispatcher:
         woken = True  # at start, and after a wake-up or a freed slot: take all that is due
         while not self.stopping:
             free = min(self.max_claimed - len(self.tasks), self.max_unsent - self.unsent)
-            if free < self.batch_floor:
+            floor = self.batch_floor
+            if self.queue is not None:
+                state = await self.queue.state()
+                if state.paused:
+                    await self._wait_for_wake_up(self.queue.refresh)
+                    woken = True
+                    continue
+                if state.concurrency is not None:
+                    free = min(free, state.concurrency - self.unsent)
+                    floor = min(floor, state.concurrency)
+            if free < floor:
                 self.slot_freed.clear()
                 await self.slot_freed.wait()
                 woken = True
@@ -114,6 +127,13 @@ class Dispatcher:
                     woken = True
                 except TimeoutError:
                     pass
+
+    async def _wait_for_wake_up(self, seconds: float) -> None:
+        self.wake.clear()
+        try:
+            await asyncio.wait_for(self.wake.wait(), seconds)
+        except TimeoutError:
+            pass
 
     async def wind_down(self, grace: float) -> None:
         """Deliveries under way get ``grace`` seconds to finish.  Then those not yet

@@ -24,6 +24,7 @@ from mailgate_common.tasks import cancel_and_wait
 from mailgate_sender.claims import Claimer
 from mailgate_sender.delivery import Deliverer
 from mailgate_sender.dispatcher import Dispatcher
+from mailgate_sender.queue_control import QueueControl
 from mailgate_sender.recorder import Recorder
 
 log = logging.getLogger("mailgate.sender")
@@ -38,7 +39,7 @@ class SenderService:
         self.claimer = Claimer(self.db, settings.sender_claim_timeout)
         self.recorder = Recorder(self.db, self.relay)
         self.deliverer = Deliverer(settings, self.db, self.recorder, self.claimer)
-        self.dispatcher = Dispatcher(settings, self.claimer, self.deliverer)
+        self.dispatcher = Dispatcher(settings, self.claimer, self.deliverer, QueueControl(self.db))
         self.dispatching: asyncio.Task[None] | None = None
         self.loops: list[asyncio.Task[None]] = []
 

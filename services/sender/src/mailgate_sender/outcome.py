@@ -32,6 +32,8 @@ class Outcome:
     command: str | None = None
     error_code: str | None = None  # EmailEngine-style: EENVELOPE, EMESSAGE, ECONNECTION, ...
     refused: dict[str, str] = field(default_factory=dict)
+    # Whether the connection logged in; None when no connection got that far.
+    authenticated: bool | None = None
 
     @property
     def error(self) -> str:

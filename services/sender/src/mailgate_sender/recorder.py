@@ -56,9 +56,9 @@ RECORD_SQL = f"""
 WITH v AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
                          $7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[], $11::int[],
-                         $12::text[], $13::text[], $14::text[], $15::timestamptz[])
+                         $12::text[], $13::text[], $14::text[], $15::timestamptz[], $16::bool[])
         AS v(id, token, state, attempt, last_error, smtp_response, next_attempt_at, finished_at,
-             outcome, server, smtp_code, smtp_status, response, error, started_at)
+             outcome, server, smtp_code, smtp_status, response, error, started_at, authenticated)
 ), done AS (
     UPDATE outbox o
     SET state = v.state, attempts_made = v.attempt, claim_token = NULL, claimed_until = NULL,
@@ -70,14 +70,14 @@ WITH v AS (
     RETURNING o.id
 ), attempts AS (
     INSERT INTO delivery_attempts (queue_id, attempt, outcome, server, smtp_code, smtp_status,
-                                   response, error, started_at)
+                                   response, error, started_at, authenticated)
     SELECT v.id, v.attempt, v.outcome, v.server, v.smtp_code, v.smtp_status, v.response, v.error,
-           v.started_at
+           v.started_at, v.authenticated
     FROM v JOIN done ON done.id = v.id
 ), staged AS (
     INSERT INTO pending_events (id, routing_key, body)
     SELECT e.id, e.routing_key, e.body
-    FROM unnest($16::text[], $17::text[], $18::text[], $19::bytea[]) AS e(queue_id, id, routing_key, body)
+    FROM unnest($17::text[], $18::text[], $19::text[], $20::bytea[]) AS e(queue_id, id, routing_key, body)
     JOIN done ON done.id = e.queue_id
 )
 SELECT id FROM done
@@ -113,6 +113,7 @@ class Record:
     error: str | None
     started_at: datetime
     events: tuple[events.Event, ...]
+    authenticated: bool | None = None  # False: sent through a relay that offered no AUTH
 
     def minimal(self) -> Record:
         """This outcome without the server's text: its state, attempt and a short error."""
@@ -132,7 +133,7 @@ def _plain(event: events.Event) -> events.Event:
 class Recorder:
     def __init__(self, db: Database, relay: EventRelay, max_batch: int = 500) -> None:
         self._db = db
-        self._relay = relay
+        self.relay = relay  # also for the events about accounts the deliverer stages itself
         # A failed batch is written again item by item, unless the database is
         # away: then each would fail alike.
         self._batches: Batcher[Record, bool] = Batcher("outcomes", self._write_and_publish, max_batch,
@@ -154,18 +155,18 @@ class Recorder:
         committed = [e for r in written if r.claim.queue_id in kept for e in r.events]
         if committed:
             # Not awaited: the next batch is written meanwhile.
-            task = asyncio.create_task(self._relay.publish_committed(committed))
+            task = asyncio.create_task(self.relay.publish_committed(committed))
             self._publishing.add(task)
             task.add_done_callback(self._publishing.discard)
         return [r.claim.queue_id in kept for r in records]
 
     async def _write(self, records: list[Record]) -> set[str]:
-        columns: list[list[object]] = [[] for _ in range(15)]
+        columns: list[list[object]] = [[] for _ in range(16)]
         for r in records:
             for column, value in zip(columns, (
                 r.claim.queue_id, r.claim.token, r.state, r.attempt, r.last_error, r.smtp_response,
                 r.next_attempt_at, r.finished_at, r.outcome, r.server, r.smtp_code, r.smtp_status,
-                r.response, r.error, r.started_at,
+                r.response, r.error, r.started_at, r.authenticated,
             ), strict=True):
                 column.append(value)
         staged: list[list[object]] = [[], [], [], []]

@@ -11,6 +11,8 @@ is an unknown outcome, never a "try again": the server may have accepted it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import re
 import socket
 import ssl
@@ -22,8 +24,12 @@ from typing import Any
 import aiosmtplib
 from aiosmtplib.email import quote_address
 
+from mailgate_common.local_addresses import LocalAddresses
+from mailgate_sender.dsn import Dsn
 from mailgate_sender.outcome import Outcome, classify_exception, classify_reply
 from mailgate_sender.smtp_connection import DATA, Abandoned, Command, SmtpConnection
+
+log = logging.getLogger(__name__)
 
 IDLE_SECONDS = 30.0
 # An envelope address that is already a bare addr-spec (as the API and the SMTP
@@ -40,6 +46,10 @@ class SmtpServer:
     user: str | None
     password: str | None
     verify_tls: bool = True
+    # Log in even when the server does not offer AUTH (nodemailer's ``forceAuth``):
+    # the server is then a configuration error, not a relay to use unauthenticated.
+    force_auth: bool = False
+    ehlo_name: str | None = None  # the account's ``smtpEhloName``, before any other
 
     @classmethod
     def from_account(cls, smtp: dict[str, Any]) -> SmtpServer:
@@ -52,6 +62,7 @@ class SmtpServer:
             user=auth.get("user"),
             password=auth.get("pass"),
             verify_tls=bool(tls.get("rejectUnauthorized", True)),
+            force_auth=bool(smtp.get("forceAuth", False)),
         )
 
     @property
@@ -59,16 +70,23 @@ class SmtpServer:
         return f"{self.host}:{self.port}"
 
 
+class AuthNotOffered(aiosmtplib.SMTPException):
+    """``forceAuth`` is set and the server does not offer AUTH: no message can go out this way."""
+
+
 class SmtpPool:
     """Idle authenticated connections keyed by server, reused for later messages."""
 
     def __init__(self, timeout: float, max_idle_per_server: int = 32, helo_name: str | None = None,
-                 data_timeout: float = 600.0) -> None:
+                 data_timeout: float = 600.0, local_addresses: LocalAddresses | None = None) -> None:
         self._timeout = timeout
         self._data_timeout = data_timeout
         # aiosmtplib would otherwise resolve our FQDN on every connection, which
         # can take most of a second where DNS is slow.
         self._helo_name = helo_name or socket.getfqdn()
+        # Each new connection binds to the next of these, greeting with its EHLO name.
+        self._local = local_addresses or LocalAddresses(())
+        self._dsn_missing: set[str] = set()  # servers already logged as not offering DSN
         # As many idle connections as we may use at once, so a busy server's
         # connections are reused instead of re-established per message.
         self._max_idle = max_idle_per_server
@@ -91,6 +109,7 @@ class SmtpPool:
 
     async def _connect(self, server: SmtpServer) -> SmtpConnection:
         context = self._tls_context(server.verify_tls)
+        local = self._local.next()
         client = aiosmtplib.SMTP(
             hostname=server.host,
             port=server.port,
@@ -98,25 +117,34 @@ class SmtpPool:
             start_tls=None if not server.secure else False,
             tls_context=context,
             timeout=self._timeout,
-            local_hostname=self._helo_name,
+            local_hostname=server.ehlo_name or (local.ehlo_name if local else None) or self._helo_name,
+            source_address=(local.ip, 0) if local else None,
         )
         try:
             # One deadline for all of it: aiosmtplib's timeout is per step, and
             # a server answering each step just in time would hold us for minutes.
             async with asyncio.timeout(self._timeout):
                 await client.connect()
-                if server.user:
-                    await client.login(server.user, server.password or "")
                 if client.is_ehlo_or_helo_needed:
-                    # Before the first MAIL, so its options can use the server's extensions.
+                    # Before AUTH and the first MAIL: both depend on the server's extensions.
                     try:
                         await client.ehlo()
                     except aiosmtplib.SMTPHeloError:
                         await client.helo()
+                # nodemailer's rule: log in only where AUTH is offered (a relay that
+                # trusts our address offers none), unless the account forces it.
+                authenticated = False
+                if server.user and (client.supports_extension("auth") or server.force_auth):
+                    if not client.supports_extension("auth"):
+                        raise AuthNotOffered("The server does not offer AUTH and smtp.forceAuth is set")
+                    await client.login(server.user, server.password or "")
+                    authenticated = True
         except BaseException:
             client.close()
             raise
-        return SmtpConnection.take_over(client, self._timeout, self._data_timeout)
+        connection = SmtpConnection.take_over(client, self._timeout, self._data_timeout)
+        connection.authenticated = authenticated
+        return connection
 
     async def _checkout(self, server: SmtpServer) -> tuple[SmtpConnection, bool]:
         now = time.monotonic()
@@ -165,19 +193,25 @@ class SmtpPool:
         envelope_to: list[str],
         raw: bytes,
         may_send: Callable[[], bool] = lambda: True,
+        dsn: Dsn | None = None,
     ) -> Outcome:
         """One mail transaction; ``may_send`` is asked right before the message
-        body goes out (see ``SmtpConnection.send_body``): False raises ``Abandoned``."""
+        body goes out (see ``SmtpConnection.send_body``): False raises ``Abandoned``.
+        The outcome tells whether the connection logged in (``authenticated``)."""
         try:
             connection, reused = await self._checkout(server)
         except Exception as exc:
             return _connect_failure(exc)
         bodies = connection.bodies_sent
+        if dsn is not None and not connection.supports("dsn") and server.label not in self._dsn_missing:
+            self._dsn_missing.add(server.label)
+            log.warning("%s does not offer DSN: messages asking for one go out without it", server.label)
         try:
-            outcome = await self._transaction_or_close(connection, envelope_from, envelope_to, raw, may_send)
+            outcome = await self._transaction_or_close(connection, envelope_from, envelope_to, raw, may_send,
+                                                       dsn)
         except aiosmtplib.SMTPServerDisconnected as exc:
             if not reused or connection.bodies_sent != bodies:
-                return classify_exception(exc, connection.at)
+                return _failure(exc, connection)
             # A reused connection the server dropped while idle, before it had
             # the message: one fresh connection cannot send it twice.
             try:
@@ -185,15 +219,17 @@ class SmtpPool:
             except Exception as connect_exc:
                 return _connect_failure(connect_exc)
             try:
-                outcome = await self._transaction_or_close(connection, envelope_from, envelope_to, raw, may_send)
+                outcome = await self._transaction_or_close(connection, envelope_from, envelope_to, raw,
+                                                           may_send, dsn)
             except Abandoned:
                 raise
             except Exception as retry_exc:
-                return classify_exception(retry_exc, connection.at)
+                return _failure(retry_exc, connection)
         except Abandoned:
             raise
         except Exception as exc:
-            return classify_exception(exc, connection.at)
+            return _failure(exc, connection)
+        outcome = dataclasses.replace(outcome, authenticated=connection.authenticated)
         if outcome.kind != "sent" and not await connection.reset():
             return outcome
         self._checkin(server, connection)
@@ -201,13 +237,13 @@ class SmtpPool:
 
     async def _transaction_or_close(
         self, connection: SmtpConnection, envelope_from: str, envelope_to: list[str], raw: bytes,
-        may_send: Callable[[], bool],
+        may_send: Callable[[], bool], dsn: Dsn | None,
     ) -> Outcome:
         """A transaction that failed or was cancelled midway leaves its connection closed
         (aborted if its message was cut short), never pooled."""
         self._busy.add(connection)
         try:
-            return await _transaction(connection, envelope_from, envelope_to, raw, may_send)
+            return await _transaction(connection, envelope_from, envelope_to, raw, may_send, dsn)
         except BaseException:
             connection.close()
             raise
@@ -227,7 +263,13 @@ class SmtpPool:
         self._idle.clear()
 
 
+def _failure(exc: Exception, connection: SmtpConnection) -> Outcome:
+    return dataclasses.replace(classify_exception(exc, connection.at), authenticated=connection.authenticated)
+
+
 def _connect_failure(exc: Exception) -> Outcome:
+    if isinstance(exc, AuthNotOffered):
+        return Outcome("permanent", str(exc), command="AUTH", error_code="EAUTH", authenticated=False)
     return classify_exception(exc, "AUTH" if isinstance(exc, aiosmtplib.SMTPAuthenticationError) else "CONNECT")
 
 
@@ -237,6 +279,7 @@ async def _transaction(
     envelope_to: list[str],
     raw: bytes,
     may_send: Callable[[], bool],
+    dsn: Dsn | None = None,
 ) -> Outcome:
     """MAIL, RCPT for each recipient, DATA, the message.  Written at once when the
     server pipelines, then the replies are read in the same order as one at a time."""
@@ -249,8 +292,14 @@ async def _transaction(
         options.append(b"BODY=8BITMIME")
     if connection.supports("size"):
         options.append(b"SIZE=%d" % len(raw))
+    if dsn is not None and connection.supports("dsn"):
+        options.extend(dsn.mail_options())
+        rcpt_options = dsn.rcpt_options()
+        rcpts = [Command("RCPT TO", b" ".join([b"RCPT TO:" + _path(rcpt, encoding), *rcpt_options]))
+                 for rcpt in envelope_to]
+    else:
+        rcpts = [Command("RCPT TO", b"RCPT TO:" + _path(rcpt, encoding)) for rcpt in envelope_to]
     mail = Command("MAIL FROM", b" ".join([b"MAIL FROM:" + _path(envelope_from, encoding), *options]))
-    rcpts = [Command("RCPT TO", b"RCPT TO:" + _path(rcpt, encoding)) for rcpt in envelope_to]
     pipelined = connection.pipelining
     if pipelined:
         connection.send(mail, *rcpts, DATA)

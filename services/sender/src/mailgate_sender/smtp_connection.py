@@ -207,6 +207,7 @@ class SmtpConnection:
         # Bodies whose first byte was written: such a message may have been
         # accepted whatever happens next, so it is never sent again on a fresh connection.
         self.bodies_sent = 0
+        self.authenticated = False  # it logged in (a relay without AUTH is used without)
         self.at: str | None = None  # the command the exchange is at: what a failure is reported against
         self.timeout = timeout  # for each reply, and for each piece of a message to leave
         self.data_timeout = data_timeout  # for the verdict on a message

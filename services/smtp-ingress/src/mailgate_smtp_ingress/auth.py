@@ -1,9 +1,15 @@
 """Who may submit as an account over SMTP, and how guessing is slowed down.
 
-Username is the account id.  The password is either an API token allowed the
-``smtp`` scope for that account (or an admin token), or the shared SMTP
-password stored in the runtime setting ``smtpServerPassword`` - EmailEngine's
-scheme, so clients configured for EmailEngine keep working.
+The password is either an API token allowed the ``smtp`` scope, or the shared
+SMTP password stored in the runtime setting ``smtpServerPassword`` -
+EmailEngine's scheme, so clients configured for EmailEngine keep working.
+
+* A token bound to one account names the account itself: any username is
+  accepted, including an empty one (AUTH PLAIN ``\\0\\0<token>``, enKod's
+  clients) and ``apikey`` (OpenSend's), unless the username is the id of
+  another account - refused rather than sending as someone else than named.
+* An unbound (admin) token, and the shared password, need the account id as
+  username: they do not say which account is meant.
 """
 
 from __future__ import annotations
@@ -46,12 +52,15 @@ class Authenticator:
             secret = password.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        if not account or not secret:
+        if not secret:
             return None
-        async with self._db.sessions() as session:
-            if await session.get(Account, account) is None:
-                return None
         info = await tokens.verify(self._db, secret, self._admin_token)
+        if info is not None and info.account is not None:
+            if not info.allows("smtp") or (account not in ("", info.account) and await self._exists(account)):
+                return None
+            return Identity(info.account, "token")
+        if not account or not await self._exists(account):
+            return None
         if info is not None:
             return Identity(account, "token") if info.allows("smtp", account) else None
         async with self._db.sessions() as session:
@@ -61,6 +70,10 @@ class Authenticator:
         if isinstance(stored, str) and stored and await asyncio.to_thread(verify_password, stored, secret):
             return Identity(account, "password")
         return None
+
+    async def _exists(self, account: str) -> bool:
+        async with self._db.sessions() as session:
+            return await session.get(Account, account) is not None
 
 
 def is_loopback(host: str | None) -> bool:

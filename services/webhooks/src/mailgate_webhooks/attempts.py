@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 
 from opentelemetry import trace
 from prometheus_client import Counter, Histogram
@@ -20,6 +21,18 @@ tracer = trace.get_tracer("mailgate.webhooks")
 
 WEBHOOK_ATTEMPTS = Counter("mailgate_webhook_attempts_total", "Webhook POSTs", ["result"])
 WEBHOOK_SECONDS = Histogram("mailgate_webhook_seconds", "Webhook POST latency")
+
+
+def ee_headers(job: Job, now: datetime) -> dict[str, str]:
+    """EmailEngine's headers about the delivery: its id, the attempts made before
+    this one, how long it has been queued, and the event id (also in the body)."""
+    queued = max(0, round((now - job.retry_from).total_seconds()))
+    return {
+        "X-EE-Wh-Id": str(job.delivery_id),
+        "X-EE-Wh-Attempts-Made": str(job.attempts_made),
+        "X-EE-Wh-Queued-Time": f"{queued}s",
+        "X-EE-Wh-Event-Id": job.event_id,
+    }
 
 
 class Attempts:
@@ -42,7 +55,7 @@ class Attempts:
             if job.target.unusable is not None:
                 answer = Answer(None, job.target.unusable, None)
             else:
-                answer = await self.client.post(job.target, job.event_id, job.payload)
+                answer = await self.client.post(job.target, job.event_id, job.payload, ee_headers(job, started))
             span.set_attribute("http.response.status_code", answer.status or 0)
         duration = time.perf_counter() - t0
         WEBHOOK_SECONDS.observe(duration)

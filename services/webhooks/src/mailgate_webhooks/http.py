@@ -195,14 +195,17 @@ class WebhookClient:
             )
         return self._session
 
-    async def post(self, target: Target, event_id: str, payload: bytes) -> Answer:
-        """POST once; never raises for anything the subscriber or the network does."""
+    async def post(self, target: Target, event_id: str, payload: bytes,
+                   extra: dict[str, str] | None = None) -> Answer:
+        """POST once; never raises for anything the subscriber or the network does.
+        ``extra``: headers about this attempt (EmailEngine's ``X-EE-Wh-*``)."""
         refusal = _static_refusal(target.url, self.allow_private)
         if refusal is not None:
             return Answer(None, f"refused: {refusal}", None)
         proxy = self.proxies.for_url(target.url)
         headers = {
             **target.headers,
+            **(extra or {}),
             **signed_headers(target.secret, event_id, int(time.time()), payload, target.previous_secret),
         }
         traceparent = current_traceparent()

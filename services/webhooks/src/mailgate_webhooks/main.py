@@ -22,7 +22,7 @@ from mailgate_common.db import Database
 from mailgate_common.runtime import run
 from mailgate_common.settings import Settings, load_settings_or_exit
 from mailgate_common.tasks import cancel_and_wait
-from mailgate_webhooks import maintenance
+from mailgate_webhooks import maintenance, queue_state
 from mailgate_webhooks.attempts import Attempts
 from mailgate_webhooks.claims import START_WITHIN, Claims, claim_hold
 from mailgate_webhooks.http import WebhookClient
@@ -71,7 +71,10 @@ class WebhooksService:
         await self.bus.connect()
         await self.bus.consume(topology.WEBHOOKS, self.on_event, self.settings.bus_prefetch)
         self.loops = [asyncio.create_task(self.scheduler.poll_due()),
-                      asyncio.create_task(maintenance.keep(self.settings, self.db))]
+                      asyncio.create_task(maintenance.keep(self.settings, self.db)),
+                      asyncio.create_task(queue_state.follow(
+                          self.db, self.scheduler, self.settings.webhook_concurrency,
+                          queue_state.read_interval(self.settings.webhook_poll_interval)))]
 
     async def ready(self) -> bool:
         return self.bus.connected and await self.db.ping()

@@ -93,6 +93,9 @@ class Scheduler:
         self.slot_freed = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
+        # The notify queue is paused (``GET/PUT /v1/settings/queue/notify``): nothing is
+        # POSTed, deliveries stay stored and are claimed again once it resumes.
+        self.paused = False
 
     # -- slots ----------------------------------------------------------------------
 
@@ -167,6 +170,13 @@ class Scheduler:
     async def _run(self, job: Job) -> None:
         """Attempt ``job``, then each delivery claimed ahead for its slot."""
         while True:
+            if self.paused:
+                # Handed back unattempted: the poller claims it again after the pause.
+                try:
+                    await self.claims.release([job])
+                finally:
+                    self.give_back(job.dest)
+                return
             try:
                 result = None
                 if self.usable(job):
@@ -203,6 +213,8 @@ class Scheduler:
 
     def _pump(self) -> None:
         """Put free slots to work: claimed-ahead deliveries first, then refills."""
+        if self.paused:
+            return
         for dest in list(self.ahead):
             self._start_ahead(dest)
         for dest, n in self.refillable():
@@ -278,6 +290,10 @@ class Scheduler:
 
     async def poll_due(self) -> None:
         while not self.stopping:
+            if self.paused:
+                await self.release_ahead()
+                await asyncio.sleep(self.poll_interval)
+                continue
             if self.free() <= 0:
                 # Busy: wait for an attempt to finish rather than a poll interval.
                 self.slot_freed.clear()

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from typing import Literal
+
+import msgspec
 from litestar import Controller, delete, get, post, put
 from litestar.params import Parameter
 
-from mailgate_api.accounts import service
+from mailgate_api.accounts import fields, service
 from mailgate_api.accounts.schemas import (
+    AccountCommand,
     AccountCreate,
     AccountCreated,
     AccountDeleted,
@@ -15,7 +19,7 @@ from mailgate_api.accounts.schemas import (
 )
 from mailgate_api.auth.policy import is_admin
 from mailgate_api.deps import ApiRequest, Resources
-from mailgate_api.errors import ApiError
+from mailgate_api.errors import ApiError, invalid
 from mailgate_api.pagination import Page, PageSize, pages
 from mailgate_common import events
 from mailgate_common.db.models import Account
@@ -34,8 +38,8 @@ class AccountController(Controller):
             account = await session.get(Account, account_id, with_for_update=True)
             existed = account is not None
             if account is None:
-                if data.smtp is None and data.imap in (None, False):
-                    raise ApiError(422, "an account needs smtp or imap settings", "smtp")
+                if data.smtp in (None, False) and data.imap in (None, False):
+                    raise ApiError(400, "an account needs smtp or imap settings", "smtp")
                 account = Account(id=account_id, state="new" if data.imap else "connected")
                 session.add(account)
             service.apply(account, data, res.sealer, public_only)
@@ -87,3 +91,46 @@ class AccountController(Controller):
             stage(session, change)
         await res.relay.publish_committed([change])
         return AccountDeleted(account=account, deleted=True)
+
+    @put("/v1/account/{account:str}/reconnect", summary="Ask imap-sync to reconnect the account")
+    async def reconnect(self, account: str, data: AccountCommand, res: Resources) -> dict[str, bool]:
+        _only(data, "reconnect")
+        return {"reconnect": await _command(res, account, "reconnect", data.reconnect)}
+
+    @put("/v1/account/{account:str}/sync", summary="Ask imap-sync to sync the account now")
+    async def sync(self, account: str, data: AccountCommand, res: Resources) -> dict[str, bool]:
+        _only(data, "sync")
+        return {"sync": await _command(res, account, "sync", data.sync)}
+
+    @put("/v1/account/{account:str}/flush",
+         summary="Drop the account's mailbox index and resync it from scratch")
+    async def flush(self, account: str, data: AccountCommand, res: Resources) -> dict[str, bool]:
+        return {"flush": await _command(res, account, "flush", data.flush, data)}
+
+
+def _only(data: AccountCommand, command: str) -> None:
+    """Each command takes its own flag (and flush its index settings), nothing else."""
+    for name, value in msgspec.structs.asdict(data).items():
+        if value is not None and name != command:
+            field = {"notify_from": "notifyFrom", "imap_indexer": "imapIndexer", "sync_from": "syncFrom"}
+            raise invalid(field.get(name, name), f"is not a field of {command}")
+
+
+async def _command(res: Resources, account: str, command: Literal["reconnect", "sync", "flush"],
+                   wanted: bool | None, body: AccountCommand | None = None) -> bool:
+    """Publish the command (through the relay, so an outage loses nothing) when the body asks for it.
+
+    Like EmailEngine, ``{"reconnect": false}`` (or no flag) does nothing and answers false.
+    """
+    async with res.db.transaction() as session:
+        row = await service.get_account(session, account)
+        if not wanted:
+            return False
+        if row.imap is None:
+            raise ApiError(400, "This account has no IMAP settings", "imap", code="NoImapSettings")
+        if body is not None:
+            fields.apply_flush_settings(row, body)
+        event = events.AccountCommand(account=account, command=command)
+        stage(session, event)
+    await res.relay.publish_committed([event])
+    return True

@@ -18,6 +18,7 @@ import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailgate_api.accounts.fields import EXTRA_SMTP_STATUS, check_supported, set_extra
 from mailgate_api.accounts.schemas import (
     AccountCreate,
     AccountUpdate,
@@ -48,7 +49,7 @@ def _check_email(email: str | None) -> None:
         try:
             normalize_address("email", email)
         except InvalidMessage as exc:
-            raise ApiError(422, exc.message, "email") from exc
+            raise ApiError(400, exc.message, "email") from exc
 
 
 async def _check_webhook_url(url: str | None, allow_private: bool) -> None:
@@ -56,25 +57,31 @@ async def _check_webhook_url(url: str | None, allow_private: bool) -> None:
         try:
             await urls.check_url(url, allow_private)
         except urls.UnsafeUrl as exc:
-            raise ApiError(422, str(exc), "webhooks") from exc
+            raise ApiError(400, str(exc), "webhooks") from exc
 
 
 async def _check_public_host(host: str, field: str) -> None:
     try:
         await urls.check_public_host(host)
     except urls.UnsafeUrl as exc:
-        raise ApiError(422, str(exc), field) from exc
+        raise ApiError(400, str(exc), field) from exc
+
+
+async def check_public_hosts(smtp: ServerSettings | None, imap: ServerSettings | None, settings: Settings,
+                             account_token: bool) -> bool:
+    """The operator's policy on SMTP/IMAP hosts; True if they must stay public."""
+    restricted = account_token and not settings.account_hosts_allow_private
+    if restricted:
+        for field, server in (("smtp.host", smtp), ("imap.host", imap)):
+            if server:
+                await _check_public_host(server.host, field)
+    return restricted
 
 
 async def check_destinations(body: AccountCreate | AccountUpdate, settings: Settings, account_token: bool) -> bool:
     """Refuse settings pointing where they may not; True if the account must stay on public hosts."""
     await _check_webhook_url(body.webhooks, settings.webhooks_allow_private)
-    restricted = account_token and not settings.account_hosts_allow_private
-    if restricted:
-        for field, server in (("smtp.host", body.smtp), ("imap.host", body.imap)):
-            if server:
-                await _check_public_host(server.host, field)
-    return restricted
+    return await check_public_hosts(body.smtp or None, body.imap or None, settings, account_token)
 
 
 def _watch_paths(value: str | list[str] | None) -> list[str] | None:
@@ -93,7 +100,7 @@ def _set_watch_paths(account: Account, body: AccountCreate | AccountUpdate, befo
     paths = before if body.path is msgspec.UNSET else _watch_paths(body.path)
     if account.imap is None:
         if paths and body.path is not msgspec.UNSET:
-            raise ApiError(422, "watching folders needs imap settings", "path")
+            raise ApiError(400, "watching folders needs imap settings", "path")
         return
     imap = {k: v for k, v in account.imap.items() if k != "path"}
     if paths:
@@ -104,15 +111,17 @@ def _set_watch_paths(account: Account, body: AccountCreate | AccountUpdate, befo
 def apply(account: Account, body: AccountCreate | AccountUpdate, sealer: Sealer,
           public_hosts_only: bool = False) -> None:
     """Copy the given fields onto the row, sealing any password (after ``check_destinations``)."""
+    check_supported(body)
     fields = body.__struct_fields__
     paths_before = (account.imap or {}).get("path")
     _check_email(body.email)
     extra = dict(account.extra or {})
     if body.retry_unknown_outcome is not None:
         extra[EXTRA_RETRY_UNKNOWN_OUTCOME] = body.retry_unknown_outcome
-    if body.smtp is not None or body.imap not in (None, False):
+    if body.smtp not in (None, False) or body.imap not in (None, False):
         # Whoever sets the hosts decides: an admin lifts the restriction.
         extra[EXTRA_PUBLIC_HOSTS_ONLY] = public_hosts_only
+    set_extra(extra, body)
     account.extra = extra
     secrets_: dict[str, Any] = sealer.open(account.credentials) if account.credentials else {}
     for name in ("name", "email", "copy", "webhooks"):
@@ -120,7 +129,10 @@ def apply(account: Account, body: AccountCreate | AccountUpdate, sealer: Sealer,
             setattr(account, name, getattr(body, name))
     if body.limits is not None:
         account.limits = msgspec.to_builtins(body.limits) or None
-    if body.smtp is not None:
+    if body.smtp is False:
+        account.smtp = None
+        secrets_.pop("smtp", None)
+    elif body.smtp is not None:
         account.smtp, secrets_["smtp"] = split_secret(_server_dict(body.smtp))
     if body.imap is False:
         account.imap = None
@@ -132,6 +144,7 @@ def apply(account: Account, body: AccountCreate | AccountUpdate, sealer: Sealer,
 
 
 def view(account: Account) -> AccountView:
+    extra = account.extra or {}
     return AccountView(
         account=account.id,
         name=account.name,
@@ -145,8 +158,18 @@ def view(account: Account) -> AccountView:
         last_error=account.last_error,
         limits=account.limits,
         throttled_until=events.iso(account.throttled_until),
-        retry_unknown_outcome=(account.extra or {}).get(EXTRA_RETRY_UNKNOWN_OUTCOME),
+        retry_unknown_outcome=extra.get(EXTRA_RETRY_UNKNOWN_OUTCOME),
         created=events.iso(account.created_at),
+        type="imap" if account.imap is not None else "sending",
+        smtp_status=extra.get(EXTRA_SMTP_STATUS),
+        logs=bool(extra.get("logs", False)),
+        notify_from=extra.get("notifyFrom"),
+        sync_from=extra.get("syncFrom"),
+        smtp_ehlo_name=extra.get("smtpEhloName"),
+        subconnections=extra.get("subconnections"),
+        imap_indexer=extra.get("imapIndexer"),
+        locale=extra.get("locale"),
+        tz=extra.get("tz"),
     )
 
 

@@ -32,6 +32,13 @@ async def _check_owner(db: Database, name: str, value: str, account: str) -> Non
             raise not_found("Queued message", "queueId")
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
 class TokenAuthMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
@@ -58,6 +65,11 @@ class TokenAuthMiddleware(ASGIMiddleware):
             raise Unauthorized("Invalid or revoked access token")
         if not info.allows(REST_SCOPE):
             raise ApiError(403, "This token is not allowed to use the REST API (scope api)")
+        client = scope.get("client")
+        if not info.allows_address(client[0] if client else None):
+            raise ApiError(403, "This token may not be used from this address")
+        if not info.allows_referrer(_header(scope, b"referer")):
+            raise ApiError(403, "This token may not be used from this referrer")
         if info.account is not None:
             if rule == "admin":
                 raise ApiError(403, "This route needs an admin token, not an account token")

@@ -6,6 +6,7 @@ The api never opens IMAP itself; it asks any imap-sync replica over RabbitMQ
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from sqlalchemy import select
@@ -34,15 +35,15 @@ async def fetch_raw(bus: Bus, account: str, message: str, wait: float, field: st
     try:
         reply = await bus.request(events.ImapFetch(account=account, message=message), wait)
     except TimeoutError as exc:
-        raise ApiError(504, "The mail server did not answer in time", field) from exc
+        raise ApiError(504, "The mail server did not answer in time", field, code="Timeout") from exc
     if reply.status == 404:
-        raise ApiError(404, "Message not found on the mail server", field)
+        raise ApiError(404, "Message not found on the mail server", field, code="MessageNotFound")
     if reply.status == 413:
         raise ApiError(413, f"Message too large to read through the API: {reply.body.decode(errors='replace')}",
-                       field)
+                       field, code="MessageTooLarge")
     if reply.status != 200:
         raise ApiError(502, f"Could not fetch the message: {reply.body.decode(errors='replace')}",
-                       field)
+                       field, code="IMAPCommandFailed")
     return reply.body
 
 
@@ -71,3 +72,46 @@ def attachment(raw: bytes, section: str) -> content.AttachmentData:
     if found is None:
         raise not_found("Attachment", "attachment")
     return found
+
+
+TEXT_TYPES = ("plain", "html", "*")
+DEFAULT_MAX_BYTES = 5 * 1024 * 1024
+
+
+def text_message(text_id: str) -> str | None:
+    """The message id inside a text id (``content.part_id(message, "text")``), None if it is not one."""
+    try:
+        decoded = base64.urlsafe_b64decode(text_id + "=" * (-len(text_id) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    message, sep, section = decoded.rpartition("/")
+    return message if sep and message and section == "text" else None
+
+
+def _cut(value: str, max_bytes: int) -> tuple[str, bool]:
+    encoded = value.encode()
+    if len(encoded) <= max_bytes:
+        return value, False
+    return encoded[:max_bytes].decode(errors="ignore"), True
+
+
+def texts(plain: str | None, html: str | None, text_type: str, max_bytes: int) -> dict[str, Any]:
+    """EmailEngine's ``{plain, html, hasMore}``: the asked kinds, each cut at ``max_bytes``."""
+    out: dict[str, Any] = {}
+    more = False
+    for kind, value in (("plain", plain), ("html", html)):
+        if value is not None and text_type in (kind, "*"):
+            out[kind], cut = _cut(value, max_bytes)
+            more = more or cut
+    out["hasMore"] = more
+    return out
+
+
+def with_texts(body: dict[str, Any], text_type: str | None, max_bytes: int | None) -> dict[str, Any]:
+    """The message JSON with its ``text`` narrowed to ``textType`` and cut at ``maxBytes``."""
+    if text_type is None and max_bytes is None:
+        return body
+    text = dict(body["text"])
+    chosen = texts(text.pop("plain", None), text.pop("html", None), text_type or "*",
+                   DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
+    return {**body, "text": {**text, **chosen}}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, any_, func, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailgate_api.errors import not_found
@@ -52,6 +53,21 @@ async def messages(
     where = (IndexedMessage.account_id == account, IndexedMessage.path == path)
     total = await session.scalar(select(func.count()).select_from(IndexedMessage).where(*where)) or 0
     # Newest first by UID: served by the (account, path, uid DESC) index.
+    rows = await session.scalars(
+        select(IndexedMessage).where(*where).order_by(IndexedMessage.uid.desc())
+        .offset(page * page_size).limit(page_size)
+    )
+    return [entry(r) for r in rows], total
+
+
+async def found(session: AsyncSession, account: str, path: str, uidvalidity: int | None, uids: list[int],
+                page: int, page_size: int) -> tuple[list[MessageEntry], int]:
+    """A search's matches as listing entries, newest first: those the index holds."""
+    if not uids or uidvalidity is None:
+        return [], 0
+    where = (IndexedMessage.account_id == account, IndexedMessage.path == path,
+             IndexedMessage.uidvalidity == uidvalidity, IndexedMessage.uid == any_(literal(uids, ARRAY(BigInteger))))
+    total = await session.scalar(select(func.count()).select_from(IndexedMessage).where(*where)) or 0
     rows = await session.scalars(
         select(IndexedMessage).where(*where).order_by(IndexedMessage.uid.desc())
         .offset(page * page_size).limit(page_size)

@@ -44,8 +44,8 @@ class OutboxController(Controller):
             steps = await timeline(session, row, is_admin(request.scope))
             return TimelineView(queue_id=row.id, state=row.state, timeline=steps)
 
-    @delete("/v1/outbox/{queue_id:str}", status_code=200, summary="Cancel a queued or scheduled message")
+    @delete("/v1/outbox/{queue_id:str}", status_code=200,
+            summary="Cancel a queued or scheduled message (deleted: false when there is none waiting)")
     async def cancel(self, queue_id: str, res: Resources) -> OutboxDeleted:
         async with res.db.transaction() as session:
-            await service.cancel(session, queue_id)
-        return OutboxDeleted(deleted=True)
+            return OutboxDeleted(deleted=await service.cancel(session, queue_id))

@@ -22,6 +22,19 @@ class AttemptView(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=Tr
     error: str | None = None
 
 
+class ProgressError(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    message: str
+    status_code: int | None = None
+
+
+class Progress(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """EmailEngine's delivery progress: queued | processing | submitted | error."""
+
+    status: str
+    response: str | None = None
+    error: ProgressError | None = None
+
+
 class OutboxEntry(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
     queue_id: str
     account: str
@@ -35,6 +48,10 @@ class OutboxEntry(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=Tr
     next_attempt: str | None
     attempts_made: int
     attempts: int
+    progress: Progress
+    # EmailEngine always has these two keys, null when unset.
+    gateway: str | None
+    idempotency_key: str | None
     last_error: str | None = None
     smtp_response: str | None = None
     attempts_log: list[AttemptView] | None = None

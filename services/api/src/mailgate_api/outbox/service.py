@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailgate_api.errors import ApiError, not_found
-from mailgate_api.outbox.schemas import AttemptView, EnvelopeView, OutboxEntry
+from mailgate_api.errors import not_found
+from mailgate_api.outbox.schemas import AttemptView, EnvelopeView, OutboxEntry, Progress, ProgressError
 from mailgate_api.outbox.timeline import timeline
 from mailgate_common import events, lifecycle
 from mailgate_common.db.models import DeliveryAttempt, OutboxMessage
@@ -27,6 +29,9 @@ def entry(row: OutboxMessage, attempts: list[DeliveryAttempt] | None = None) -> 
         next_attempt=events.iso(row.next_attempt_at) if pending else None,
         attempts_made=row.attempts_made,
         attempts=row.max_attempts,
+        progress=progress(row),
+        gateway=(row.options or {}).get("gateway"),
+        idempotency_key=row.idempotency_key,
         last_error=row.last_error,
         smtp_response=row.smtp_response,
         attempts_log=None
@@ -46,6 +51,26 @@ def entry(row: OutboxMessage, attempts: list[DeliveryAttempt] | None = None) -> 
             for a in attempts
         ],
     )
+
+
+_SMTP_CODE = re.compile(r"^\s*([2-5]\d\d)\b")
+
+
+def progress(row: OutboxMessage) -> Progress:
+    """The row's state in EmailEngine's words; its own ``state`` says it more precisely."""
+    if row.state == lifecycle.SENT:
+        return Progress(status="submitted", response=row.smtp_response)
+    if row.state == lifecycle.SENDING:
+        return Progress(status="processing")
+    if row.state == lifecycle.QUEUED:
+        return Progress(status="queued")
+    if row.state == lifecycle.CANCELLED:
+        return Progress(status="error", error=ProgressError(message="Cancelled"))
+    if row.last_error is None and row.smtp_response is None:
+        return Progress(status="queued")
+    code = _SMTP_CODE.match(row.smtp_response or "")
+    return Progress(status="error", error=ProgressError(
+        message=row.last_error or row.smtp_response or "", status_code=int(code.group(1)) if code else None))
 
 
 async def list_entries(
@@ -88,15 +113,13 @@ async def get_entry(session: AsyncSession, queue_id: str, admin: bool) -> Outbox
     return view
 
 
-async def cancel(session: AsyncSession, queue_id: str) -> None:
+async def cancel(session: AsyncSession, queue_id: str) -> bool:
+    """Cancel a message still waiting; False (as EmailEngine's ``deleted: false``) when
+    there is no such message or it was already sent, failed or cancelled."""
     cancelled = await session.scalar(
         update(OutboxMessage)
         .where(OutboxMessage.id == queue_id, OutboxMessage.state.in_(lifecycle.CANCEL.from_states))
         .values(state=lifecycle.CANCEL.to_state, finished_at=events.utcnow())
         .returning(OutboxMessage.id)
     )
-    if cancelled is None:
-        state = await session.scalar(select(OutboxMessage.state).where(OutboxMessage.id == queue_id))
-        if state is None:
-            raise not_found("Queued message", "queueId")
-        raise ApiError(409, f"Message is already {state} and cannot be cancelled", "queueId")
+    return cancelled is not None

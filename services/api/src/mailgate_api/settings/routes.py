@@ -1,29 +1,47 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, get, post, put
 
 from mailgate_api.deps import Resources
-from mailgate_api.errors import ApiError
+from mailgate_api.errors import invalid
+from mailgate_api.settings import queues, values
 from mailgate_common import service_settings, urls
-from mailgate_common.events import WEBHOOK_EVENT_NAMES
 from mailgate_common.passwords import hash_password
-
-
-class SettingsUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    webhooks: str | None = None
-    webhooks_enabled: bool | None = msgspec.field(name="webhooksEnabled", default=None)
-    webhook_events: list[str] | None = msgspec.field(name="webhookEvents", default=None)
-    service_url: str | None = msgspec.field(name="serviceUrl", default=None)
-    # Write-only: the shared SMTP submission password (EmailEngine's smtpServerPassword).
-    smtp_server_password: str | None = msgspec.field(name="smtpServerPassword", default=None)
+from mailgate_common.settings import Settings
 
 
 class SettingsUpdated(msgspec.Struct):
     updated: list[str]
+
+
+class QueueUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    paused: bool | None = None
+    # Jobs of this queue worked on at once, per replica (null: the service's own setting).
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=10000)] | msgspec.UnsetType | None = msgspec.UNSET
+
+
+async def prepare(checked: dict[str, Any], settings: Settings, check_urls: bool = True) -> dict[str, Any]:
+    """Checked settings as stored: the webhook URL vetted, the SMTP password hashed."""
+    prepared = dict(checked)
+    if check_urls and prepared.get("webhooks"):
+        try:
+            await urls.check_url(prepared["webhooks"], settings.webhooks_allow_private)
+        except urls.UnsafeUrl as exc:
+            raise invalid("webhooks", str(exc)) from None
+    if prepared.get("smtpServerPassword"):
+        # Only a salted, slow hash is kept; GET /v1/settings never lists this key.
+        prepared["smtpServerPassword"] = await asyncio.to_thread(hash_password, prepared["smtpServerPassword"])
+    return prepared
+
+
+def _queue(name: str) -> str:
+    if name not in service_settings.QUEUES:
+        raise invalid("queue", f"must be one of {', '.join(service_settings.QUEUES)}")
+    return name
 
 
 class SettingsController(Controller):
@@ -33,36 +51,34 @@ class SettingsController(Controller):
     async def read(self, request: Request[Any, Any, Any], res: Resources) -> dict[str, Any]:
         picked = [k for k, v in request.query_params.items() if v in ("true", "1") and k in service_settings.DEFAULTS]
         async with res.db.transaction() as session:
-            values = await service_settings.read(session, picked or None)
-            if "serviceSecret" in values:
-                values["serviceSecret"] = await service_settings.service_secret(session)
-        return values
+            found = await service_settings.read(session, picked or None)
+            if "serviceSecret" in found:
+                found["serviceSecret"] = await service_settings.service_secret(session)
+        return found
 
-    @post("/v1/settings", status_code=200, summary="Update settings")
-    async def write(self, data: SettingsUpdate, res: Resources) -> SettingsUpdated:
-        values: dict[str, Any] = {}
-        if data.webhooks is not None:
-            if data.webhooks and not data.webhooks.startswith(("http://", "https://")):
-                raise ApiError(422, "must be an http:// or https:// URL", "webhooks")
-            if data.webhooks:
-                try:
-                    await urls.check_url(data.webhooks, res.settings.webhooks_allow_private)
-                except urls.UnsafeUrl as exc:
-                    raise ApiError(422, f"webhooks: {exc}", "webhooks") from None
-            values["webhooks"] = data.webhooks or None
-        if data.webhooks_enabled is not None:
-            values["webhooksEnabled"] = data.webhooks_enabled
-        if data.webhook_events is not None:
-            unknown = [e for e in data.webhook_events if e != "*" and e not in WEBHOOK_EVENT_NAMES]
-            if unknown:
-                raise ApiError(422, f"unknown event names: {', '.join(unknown)}", "webhookEvents")
-            values["webhookEvents"] = data.webhook_events
-        if data.service_url is not None:
-            values["serviceUrl"] = data.service_url or None
-        if data.smtp_server_password is not None:
-            # Only a salted, slow hash is kept; GET /v1/settings never lists this key.
-            values["smtpServerPassword"] = (await asyncio.to_thread(hash_password, data.smtp_server_password)
-                                            if data.smtp_server_password else None)
+    @post("/v1/settings", status_code=200, summary="Update settings (EmailEngine's keys; 400 names any other)")
+    async def write(self, data: dict[str, Any], res: Resources) -> SettingsUpdated:
+        prepared = await prepare(values.check(data), res.settings)
         async with res.db.transaction() as session:
-            await service_settings.write(session, values)
-        return SettingsUpdated(updated=sorted(values))
+            await service_settings.write(session, prepared)
+        return SettingsUpdated(updated=sorted(prepared))
+
+    @get("/v1/settings/queue/{queue:str}", summary="A queue's job counts and paused state")
+    async def queue(self, queue: str, res: Resources) -> dict[str, Any]:
+        name = _queue(queue)
+        async with res.db.sessions() as session:
+            jobs = await queues.job_counts(session, name)
+            state = await service_settings.queue_state(session, name)
+        return {"queue": name, "jobs": jobs, "paused": bool(state["paused"]), "concurrency": state["concurrency"]}
+
+    @put("/v1/settings/queue/{queue:str}", summary="Pause or resume a queue, set its concurrency")
+    async def set_queue(self, queue: str, data: QueueUpdate, res: Resources) -> dict[str, Any]:
+        name = _queue(queue)
+        async with res.db.transaction() as session:
+            state = await service_settings.queue_state(session, name)
+            if data.paused is not None:
+                state["paused"] = data.paused
+            if data.concurrency is not msgspec.UNSET:
+                state["concurrency"] = data.concurrency
+            await service_settings.write(session, {service_settings.queue_key(name): state})
+        return {"queue": name, "paused": bool(state["paused"]), "concurrency": state["concurrency"]}

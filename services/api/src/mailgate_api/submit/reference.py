@@ -1,27 +1,30 @@
 """Replies and forwards: turn a submit body with ``reference`` into a threaded message.
 
 The referenced message is looked up in imap-sync's index (404 when unknown, so
-nothing is queued); its content is fetched from imap-sync only when needed -
-for forwards, and for replies without explicit recipients (Reply-To is not
-indexed).  ``apply`` is pure: threading headers, subject, recipients, quoted
-or attached original.
+nothing is queued, unless ``ignoreMissing``); its content is fetched from
+imap-sync only when needed - to quote it (``inline``), to carry its attachments
+(``forwardAttachments``), and for replies without explicit recipients
+(Reply-To is not indexed).  ``apply`` is pure: threading headers, subject,
+recipients, quoted original, carried attachments - EmailEngine's behaviour.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import re
 from dataclasses import dataclass, field
+from email.message import Message
 from typing import Any
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailgate_api.errors import ApiError
+from mailgate_api.errors import ApiError, invalid
 from mailgate_api.mailbox.content import fetch_raw, indexed
 from mailgate_common import content
 from mailgate_common.bus import Bus
-from mailgate_common.submission import Address, Reference, SubmitRequest, as_list
+from mailgate_common.submission import Address, Attachment, Reference, SubmitRequest, as_list
 
 FORWARD_MARK = "---------- Forwarded message ---------"
 REPLY_PREFIX = re.compile(r"^\s*re\s*:", re.I)
@@ -50,24 +53,35 @@ class Original:
 class Applied:
     request: SubmitRequest
     headers: dict[str, str]
-    attach_messages: list[tuple[bytes, str]]
+
+
+MISMATCH = "The referenced message was found, but its Message-ID does not match the expected value"
 
 
 async def resolve(
     session: AsyncSession, bus: Bus, account: str, req: SubmitRequest, wait: float
 ) -> Original | None:
+    """The referenced message, or None when it is missing and ``ignoreMissing`` is set."""
     ref = req.reference
     if ref is None:
         return None
+    if ref.forward_attachments and ref.action != "forward":
+        raise invalid("reference.forwardAttachments", 'is only allowed when action is "forward"')
     row = await indexed(session, account, ref.message)
     if row is None:
-        raise ApiError(404, "Referenced message not found", "reference.message")
+        if ref.ignore_missing:
+            return None
+        raise ApiError(404, "Referenced message was not found", "reference.message", code="ReferenceNotFound")
+    if ref.message_id is not None and ref.message_id != row.message_id:
+        raise ApiError(404, MISMATCH, "reference.messageId", code="MessageNotFound")
     original = Original(
         reference=ref, message_id=row.message_id, references=row.references,
         subject=row.subject, from_=row.from_addr, to=list(row.to_addr or []),
         cc=list(row.cc_addr or []),
     )
-    needs_content = req.raw is None and (ref.action == "forward" or not as_list(req.to))
+    needs_content = req.raw is None and (
+        ref.inline or ref.forward_attachments or (ref.action != "forward" and not as_list(req.to))
+    )
     if needs_content:
         raw = await fetch_raw(bus, account, row.id, wait, "reference.message")
         parsed = content.parse(raw)
@@ -95,10 +109,14 @@ def _display(value: dict[str, Any]) -> str:
 
 
 def threading_headers(original: Original) -> dict[str, str]:
+    """References on every reply and forward; In-Reply-To only on replies (as EmailEngine)."""
     if not original.message_id:
         return {}
     references = " ".join([*(original.references or "").split(), original.message_id])
-    return {"In-Reply-To": original.message_id, "References": references}
+    headers = {"References": references}
+    if original.reference.action != "forward":
+        headers["In-Reply-To"] = original.message_id
+    return headers
 
 
 def _recipients(req: SubmitRequest, original: Original, own: set[str]) -> dict[str, Any]:
@@ -149,27 +167,69 @@ def _inline_forward(req: SubmitRequest, original: Original) -> dict[str, Any]:
     return changes
 
 
+def _quote_reply(req: SubmitRequest, original: Original) -> dict[str, Any]:
+    who = _display(original.from_) if original.from_ else "someone"
+    intro = f"On {original.date}, {who} wrote:" if original.date else f"{who} wrote:"
+    changes: dict[str, Any] = {}
+    if req.text is not None or req.html is None:
+        quoted = "\n".join(f"> {line}" if line else ">" for line in (original.plain or "").splitlines())
+        changes["text"] = "\n".join([req.text or "", "", intro, quoted])
+    if req.html is not None or original.html is not None:
+        mine = req.html if req.html is not None else html.escape(req.text or "").replace("\n", "<br>")
+        body = original.html if original.html is not None else (
+            f"<pre>{html.escape(original.plain or '')}</pre>"
+        )
+        changes["html"] = (f'{mine}<br><br><div class="quote">{html.escape(intro)}<br>'
+                           f'<blockquote type="cite">{body}</blockquote></div>')
+    return changes
+
+
+def _carried_attachments(original: Original, keep_cids: bool) -> list[Attachment]:
+    """The original's attachments (not its text bodies), for ``forwardAttachments``;
+    images its html refers to keep their cid only when that html is quoted."""
+    if original.raw is None:
+        return []
+    carried = []
+    for part in content.walk(content.parse(original.raw)):
+        msg = part.part
+        if msg.get_content_type() in ("text/plain", "text/html") and not msg.get_filename() \
+                and msg.get_content_disposition() != "attachment":
+            continue
+        if msg.get_content_maintype() == "message":
+            inner = msg.get_payload()
+            first = inner[0] if isinstance(inner, list) and inner else None
+            data = first.as_bytes() if isinstance(first, Message) else b""
+        else:
+            payload = msg.get_payload(decode=True)
+            data = payload if isinstance(payload, bytes) else b""
+        cid = (msg.get("Content-ID") or "").strip().strip("<>") or None
+        carried.append(Attachment(
+            content=base64.b64encode(data).decode("ascii"),
+            filename=msg.get_filename(), content_type=msg.get_content_type(),
+            content_disposition="inline" if msg.get_content_disposition() == "inline" else "attachment",
+            cid=cid if keep_cids and part.related else None,
+        ))
+    return carried
+
+
 def apply(req: SubmitRequest, original: Original, own_address: str | None) -> Applied:
     """The submit body rewritten as a reply/forward of ``original`` (pure)."""
-    action = original.reference.action
+    ref = original.reference
     changes: dict[str, Any] = {}
     if req.subject is None:
-        changes["subject"] = subject_for(original.subject, action)
-    attach: list[tuple[bytes, str]] = []
-    if action == "forward":
-        if original.reference.inline:
+        changes["subject"] = subject_for(original.subject, ref.action)
+    if ref.action == "forward":
+        if ref.inline:
             changes.update(_inline_forward(req, original))
-        elif original.raw is not None:
-            name = re.sub(r"[\x00-\x1f/\\]", " ", original.subject or "message")[:60].strip()
-            attach.append((original.raw, f"{name or 'message'}.eml"))
+        if ref.forward_attachments:
+            keep_cids = ref.inline and original.html is not None
+            changes["attachments"] = [*req.attachments, *_carried_attachments(original, keep_cids)]
     else:
+        if ref.inline:
+            changes.update(_quote_reply(req, original))
         own = {own_address.lower()} if own_address else set()
         changes.update(_recipients(req, original, own))
-    return Applied(
-        request=msgspec.structs.replace(req, **changes),
-        headers=threading_headers(original),
-        attach_messages=attach,
-    )
+    return Applied(request=msgspec.structs.replace(req, **changes), headers=threading_headers(original))
 
 
 def stored(original: Original) -> dict[str, Any]:

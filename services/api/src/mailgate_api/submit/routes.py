@@ -1,24 +1,18 @@
 from __future__ import annotations
 
+import base64
 from typing import Annotated
 
 from litestar import post
 from litestar.params import Parameter
 
 from mailgate_api.deps import ApiRequest, Resources
-from mailgate_api.errors import ApiError, not_found
+from mailgate_api.errors import not_found
 from mailgate_api.submit import reference, service
-from mailgate_api.submit.schemas import SubmitResponse
-from mailgate_api.suppression.service import screen
+from mailgate_api.submit.schemas import IdempotencyResult, ReferenceResult, SubmitResponse
 from mailgate_common import events
 from mailgate_common.db.models import Account
-from mailgate_common.outbox import (
-    AccountCannotSend,
-    IdempotencyConflict,
-    RecipientsSuppressed,
-    UnknownAccount,
-    sending_account,
-)
+from mailgate_common.outbox import sending_account
 from mailgate_common.submission import SubmitRequest
 from mailgate_common.telemetry import current_traceparent
 
@@ -46,41 +40,53 @@ async def submit(
     res: Resources,
     idempotency_key: IdempotencyKey = None,
 ) -> SubmitResponse:
+    service.check(data)
     # The account's own name and address only fill in what the body leaves out;
     # whether the account exists and can send is checked by the guarded insert.
     row = await sending_account(res.db, account) if _needs_identity(data) else Account(id=account)
     if row is None:
         raise not_found("Account", "account")
+    options = service.local_options(data)
     original = None
-    if data.reference is not None:
+    # Most submits need no lookup: they must not pay for a session (the hot path).
+    if data.gateway is not None or data.reference is not None:
         async with res.db.sessions() as session:
-            original = await reference.resolve(session, res.bus, account, data,
-                                               res.settings.imap_fetch_timeout)
+            if data.gateway is not None:
+                await service.check_gateway(session, data.gateway)
+            if data.reference is not None:
+                original = await reference.resolve(session, res.bus, account, data,
+                                                   res.settings.imap_fetch_timeout)
     new = service.compose(row, data, res.settings.delivery_attempts, res.settings.max_message_size, original)
+    new.options = options
+    answer_reference = _reference_result(data, original)
+    if data.dry_run:
+        # Nothing is stored, queued or sent: the client sees what would go out.
+        return SubmitResponse(response="Dry run", message_id=new.message_id, reference=answer_reference,
+                              preview=base64.b64encode(new.raw).decode("ascii"))
     new.idempotency_key = idempotency_key
     new.request_fingerprint = await request.body() if idempotency_key else None
     new.traceparent = current_traceparent()
-    while True:
-        try:
-            queued = await res.outbox.enqueue(new)
-            break
-        except RecipientsSuppressed as exc:
-            screen(new, exc.blocked, data.skip_suppressed)  # raises unless some recipients remain
-        except UnknownAccount as exc:
-            raise not_found("Account", "account") from exc
-        except AccountCannotSend as exc:
-            raise ApiError(422, "account has no SMTP settings to send with", "account") from exc
-        except IdempotencyConflict as exc:
-            raise ApiError(
-                409, "Idempotency-Key was already used with a different request", "Idempotency-Key"
-            ) from exc
+    queued = await service.queue(res, new, data.skip_suppressed)
     return SubmitResponse(
         response="Queued for delivery",
         message_id=queued.message_id,
         send_at=events.iso(queued.send_at) or "",
         queue_id=queued.queue_id,
+        reference=answer_reference,
+        idempotency=IdempotencyResult(key=idempotency_key, status="HIT" if queued.replayed else "MISS")
+        if idempotency_key else None,
     )
 
 
+def _reference_result(data: SubmitRequest, original: reference.Original | None) -> ReferenceResult | None:
+    if data.reference is None:
+        return None
+    if original is None:
+        return ReferenceResult(message=data.reference.message, success=False,
+                               error="Referenced message was not found")
+    return ReferenceResult(message=data.reference.message, success=True)
+
+
 def _needs_identity(data: SubmitRequest) -> bool:
-    return data.from_ is None or data.raw is not None or data.reference is not None
+    # A dry run is never inserted, so the guarded insert cannot say the account is unknown.
+    return data.dry_run or data.from_ is None or data.raw is not None or data.reference is not None

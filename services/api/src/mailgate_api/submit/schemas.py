@@ -1,10 +1,31 @@
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 
-class SubmitResponse(msgspec.Struct, rename="camel"):
+class ReferenceResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """EmailEngine's ``reference`` in the submit answer: was the referenced message used."""
+
+    message: str
+    success: bool
+    error: str | None = None
+
+
+class IdempotencyResult(msgspec.Struct, kw_only=True):
+    key: str
+    # MISS: answered now; HIT: the first answer for this key, replayed.
+    status: Literal["MISS", "HIT"]
+
+
+class SubmitResponse(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
     response: str
     message_id: str
-    send_at: str
-    queue_id: str
+    # Absent on a dry run, which queues nothing.
+    send_at: str | None = None
+    queue_id: str | None = None
+    reference: ReferenceResult | None = None
+    # A dry run's built message (RFC 822, base64).
+    preview: str | None = None
+    idempotency: IdempotencyResult | None = None

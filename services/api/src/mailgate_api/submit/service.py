@@ -5,14 +5,78 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import UTC, datetime
+from typing import Any
 
-from mailgate_api.errors import ApiError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailgate_api.deps import Resources
+from mailgate_api.errors import ApiError, invalid, not_found
 from mailgate_api.submit import reference
+from mailgate_api.suppression.service import screen
 from mailgate_common import events
-from mailgate_common.db.models import Account
+from mailgate_common.db.models import Account, Gateway
 from mailgate_common.mime import InvalidMessage, build_message, normalize_address, prepare_raw
-from mailgate_common.outbox import NewMessage
-from mailgate_common.submission import Address, SubmitRequest
+from mailgate_common.outbox import (
+    AccountCannotSend,
+    IdempotencyConflict,
+    NewMessage,
+    Queued,
+    RecipientsSuppressed,
+    UnknownAccount,
+)
+from mailgate_common.submission import Address, SubmitRequest, envelope_list, unsupported
+
+
+def check(req: SubmitRequest) -> None:
+    """Refuse, naming the field, what mailgate cannot honour or what contradicts itself."""
+    refused = unsupported(req)
+    if refused is not None:
+        raise invalid(refused[0], f"is not supported: {refused[1]}")
+    if req.raw is not None:
+        for name, value in (("text", req.text), ("html", req.html), ("attachments", req.attachments)):
+            if value:
+                raise invalid(name, "cannot be combined with raw (raw is the whole message)")
+    if req.dsn is not None:
+        notify = dsn_notify(req)
+        if "never" in notify and len(notify) > 1:
+            raise invalid("dsn.notify", '"never" cannot be combined with other conditions')
+
+
+def dsn_notify(req: SubmitRequest) -> list[str]:
+    if req.dsn is None or req.dsn.notify is None:
+        return []
+    return [req.dsn.notify] if isinstance(req.dsn.notify, str) else list(req.dsn.notify)
+
+
+async def check_gateway(session: AsyncSession, gateway: str) -> None:
+    """A submit naming a gateway that does not exist is refused, never sent another way."""
+    if await session.scalar(select(Gateway.id).where(Gateway.id == gateway)) is None:
+        raise not_found("Gateway", "gateway")
+
+
+def local_options(req: SubmitRequest) -> dict[str, Any]:
+    """The outbox row's ``options`` (the gateway unchecked: see :func:`check_gateway`)."""
+    out: dict[str, Any] = {}
+    if req.gateway is not None:
+        out["gateway"] = req.gateway
+    if req.sent_mail_path is not None:
+        out["sentMailPath"] = req.sent_mail_path
+    if req.dsn is not None:
+        try:
+            recipient = normalize_address("dsn.recipient", req.dsn.recipient) if req.dsn.recipient else None
+        except InvalidMessage as exc:
+            raise invalid(exc.field, exc.message) from exc
+        out["dsn"] = {"id": req.dsn.id, "return": req.dsn.return_, "notify": dsn_notify(req),
+                      "recipient": recipient}
+    return out
+
+
+async def options(session: AsyncSession, req: SubmitRequest) -> dict[str, Any]:
+    """The outbox row's ``options``; a ``gateway`` that does not exist is refused (404)."""
+    if req.gateway is not None:
+        await check_gateway(session, req.gateway)
+    return local_options(req)
 
 
 def _send_at(req: SubmitRequest) -> datetime:
@@ -33,10 +97,11 @@ def compose(
     """Turn a submit body into an outbox row's content; raises ApiError naming the field.
 
     A body with ``reference`` needs the referenced message, resolved beforehand
-    with :func:`reference.resolve`; without it the reference counts as unknown.
+    with :func:`reference.resolve`; without it the reference counts as unknown,
+    unless ``ignoreMissing`` says to send it as a new message.
     """
-    if req.reference is not None and original is None:
-        raise ApiError(404, "Referenced message not found", "reference.message")
+    if req.reference is not None and original is None and not req.reference.ignore_missing:
+        raise ApiError(404, "Referenced message was not found", "reference.message", code="ReferenceNotFound")
     try:
         if req.raw is not None:
             new = _from_raw(account, req, max_attempts)
@@ -46,14 +111,12 @@ def compose(
             return new
         default_from = Address(address=account.email, name=account.name) if account.email else None
         headers: dict[str, str] = {}
-        attach: list[tuple[bytes, str]] = []
         if original is not None:
             applied = reference.apply(req, original, account.email)
-            req, headers, attach = applied.request, applied.headers, applied.attach_messages
-        built = build_message(req, default_from=default_from, extra_headers=headers,
-                              attach_messages=attach)
+            req, headers = applied.request, applied.headers
+        built = build_message(req, default_from=default_from, extra_headers=headers)
     except InvalidMessage as exc:
-        raise ApiError(422, exc.message, exc.field) from exc
+        raise invalid(exc.field, exc.message) from exc
     if len(built.raw) > max_size:
         raise ApiError(413, f"Message is {len(built.raw)} bytes; the limit is {max_size}", "attachments")
     return NewMessage(
@@ -80,7 +143,7 @@ def _from_raw(account: Account, req: SubmitRequest, max_attempts: int) -> NewMes
     envelope_from = (req.envelope.from_ if req.envelope and req.envelope.from_ else None) or (
         prepared.header_from or account.email
     )
-    recipients = (req.envelope.to if req.envelope and req.envelope.to else None) or prepared.header_recipients
+    recipients = (envelope_list(req.envelope.to) if req.envelope else None) or prepared.header_recipients
     if not envelope_from:
         raise InvalidMessage("envelope.from", "is required: the message has no From address")
     if not recipients:
@@ -96,3 +159,20 @@ def _from_raw(account: Account, req: SubmitRequest, max_attempts: int) -> NewMes
         max_attempts=req.delivery_attempts or max_attempts,
         copy=req.copy,
     )
+
+
+async def queue(res: Resources, new: NewMessage, skip_suppressed: bool) -> Queued:
+    """Commit ``new`` to the outbox; the refusals as EmailEngine-coded ApiErrors."""
+    while True:
+        try:
+            return await res.outbox.enqueue(new)
+        except RecipientsSuppressed as exc:
+            screen(new, exc.blocked, skip_suppressed)  # raises unless some recipients remain
+        except UnknownAccount as exc:
+            raise not_found("Account", "account") from exc
+        except AccountCannotSend as exc:
+            raise ApiError(404, "SMTP configuration not found: the account has no SMTP settings to send with",
+                           "account", code="SMTPUnavailable") from exc
+        except IdempotencyConflict as exc:
+            raise ApiError(409, "Idempotency-Key was already used with a different request",
+                           "Idempotency-Key", code="IdempotencyConflict") from exc

@@ -27,7 +27,7 @@ def valid_address(address: str) -> str:
     try:
         return normalize_address("address", address)
     except InvalidMessage as exc:
-        raise ApiError(422, exc.message, exc.field) from exc
+        raise ApiError(400, exc.message, exc.field) from exc
 
 
 async def check_account(session: AsyncSession, account: str | None) -> None:
@@ -65,4 +65,4 @@ def screen(new: NewMessage, blocked: dict[str, str], skip_suppressed: bool) -> N
     message = f"suppressed recipients: {listed}"
     if skip_suppressed:
         message = f"no recipients left after skipping {message}"
-    raise ApiError(422, message, "to", details)
+    raise ApiError(422, message, "to", details, code="RecipientSuppressed")

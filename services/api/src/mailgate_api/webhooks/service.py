@@ -39,33 +39,33 @@ async def check_url(url: str, allow_private: bool, field: str = "url") -> str:
     try:
         await urls.check_url(url, allow_private)
     except urls.UnsafeUrl as exc:
-        raise ApiError(422, f"{field}: {exc}", field) from None
+        raise ApiError(400, f"{field}: {exc}", field) from None
     return url
 
 
 def check_events(names: list[str]) -> list[str]:
     unknown = [e for e in names if e != "*" and e not in WEBHOOK_EVENT_NAMES]
     if unknown:
-        raise ApiError(422, f"events: unknown event names: {', '.join(unknown)}", "events")
+        raise ApiError(400, f"events: unknown event names: {', '.join(unknown)}", "events")
     if not names:
-        raise ApiError(422, 'events: list at least one event name, or "*"', "events")
+        raise ApiError(400, 'events: list at least one event name, or "*"', "events")
     return sorted(set(names))
 
 
 def check_headers(headers: dict[str, str]) -> dict[str, str]:
     for name, value in headers.items():
         if not _HEADER_NAME.match(name):
-            raise ApiError(422, f"headers: {name!r} is not a valid header name", "headers")
+            raise ApiError(400, f"headers: {name!r} is not a valid header name", "headers")
         if name.lower() in RESERVED_HEADERS:
-            raise ApiError(422, f"headers: {name} is set by mailgate and cannot be overridden", "headers")
+            raise ApiError(400, f"headers: {name} is set by mailgate and cannot be overridden", "headers")
         if any(c in value for c in "\r\n\0") or len(value) > 4096:
-            raise ApiError(422, f"headers: the value of {name} is not a valid header value", "headers")
+            raise ApiError(400, f"headers: the value of {name} is not a valid header value", "headers")
     return dict(headers)
 
 
 async def check_account(session: AsyncSession, account: str, field: str) -> None:
     if await session.get(Account, account) is None:
-        raise ApiError(422, f"{field}: no account {account!r}", field)
+        raise ApiError(400, f"{field}: no account {account!r}", field)
 
 
 def seal(sealer: Sealer, secret: str) -> bytes:
@@ -145,7 +145,7 @@ def rotate(row: WebhookEndpoint, sealer: Sealer, overlap_seconds: int) -> str:
 
 def check_state(state: str | None) -> None:
     if state is not None and state not in DELIVERY_STATES:
-        raise ApiError(422, f"status: must be one of {', '.join(DELIVERY_STATES)}", "status")
+        raise ApiError(400, f"status: must be one of {', '.join(DELIVERY_STATES)}", "status")
 
 
 def deliveries_query(
