@@ -357,6 +357,17 @@ def test_submit_a_stored_draft(client: httpx.Client, box: dict[str, str], smtp_s
     wait_for(lambda: f"draft {tag}" not in [m["subject"] for m in listing(client, account, "Drafts")],
              timeout=15, message="the sent draft removed from Drafts")
 
+    # copy: false files no Sent copy, and the sent draft still leaves Drafts.
+    quiet = ok(client.post(f"/v1/account/{account}/message", json={
+        "path": "Drafts", "flags": ["\\Draft"], "to": [{"address": recipient}],
+        "subject": f"uncopied draft {tag}", "text": "no copy"}))
+    indexed(client, account, "Drafts", f"uncopied draft {tag}")
+    ok(client.post(f"/v1/account/{account}/message/{quiet['id']}/submit", json={"copy": False}))
+    wait_for(lambda: len(smtp_sink.to(recipient)) == 2, timeout=15, message="second draft delivered")
+    wait_for(lambda: f"uncopied draft {tag}" not in [m["subject"] for m in listing(client, account, "Drafts")],
+             timeout=15, message="the uncopied draft removed from Drafts")
+    assert f"uncopied draft {tag}" not in [m["subject"] for m in listing(client, account, "Sent")]
+
     plain = ok(client.post(f"/v1/account/{account}/message", json={
         "path": "Archive", "to": [{"address": recipient}], "subject": f"not a draft {tag}", "text": "x"}))
     indexed(client, account, "Archive", f"not a draft {tag}")

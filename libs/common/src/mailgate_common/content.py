@@ -210,13 +210,15 @@ def attachment(raw: bytes, section: str) -> AttachmentData | None:
         if part.section != section:
             continue
         msg = part.part
-        if msg.get_content_maintype() == "message":
-            # An attached message is downloaded as the message itself (.eml).
-            inner = msg.get_payload()
-            first = inner[0] if isinstance(inner, list) and inner else None
-            data = first.as_bytes() if isinstance(first, Message) else b""
-        else:
-            payload = msg.get_payload(decode=True)
-            data = payload if isinstance(payload, bytes) else b""
-        return AttachmentData(msg.get_content_type(), msg.get_filename(), data)
+        return AttachmentData(msg.get_content_type(), msg.get_filename(), part_bytes(msg))
     return None
+
+
+def part_bytes(msg: Message) -> bytes:
+    """A part's decoded content; an attached message is the message itself (.eml)."""
+    if msg.get_content_maintype() == "message":
+        inner = msg.get_payload()
+        first = inner[0] if isinstance(inner, list) and inner else None
+        return first.as_bytes() if isinstance(first, Message) else b""
+    payload = msg.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""

@@ -3,8 +3,8 @@
 The draft's source comes from imap-sync (as for any read) and is queued as a
 raw submit through the submit service, so it is checked, composed and stored
 exactly as ``POST /v1/account/{account}/submit`` with ``raw`` would be.  Once
-delivered, the draft is removed from its folder along with filing the Sent
-copy (with ``copy: false`` no copy is filed, and the draft stays).
+delivered, the draft is removed from its folder (and a Sent copy filed unless
+``copy: false``).
 """
 
 from __future__ import annotations
@@ -20,15 +20,8 @@ from mailgate_api.mailbox import content, ops_service, rpc
 from mailgate_api.mailbox.ops_schemas import DraftSubmit
 from mailgate_api.submit import service as submit_service
 from mailgate_api.submit.routes import IdempotencyKey
-from mailgate_api.suppression.service import screen
 from mailgate_common import events
-from mailgate_common.outbox import (
-    AccountCannotSend,
-    IdempotencyConflict,
-    RecipientsSuppressed,
-    UnknownAccount,
-    sending_account,
-)
+from mailgate_common.outbox import sending_account
 from mailgate_common.submission import SubmitRequest
 from mailgate_common.telemetry import current_traceparent
 
@@ -61,19 +54,7 @@ async def submit_draft(account: str, message: str, request: ApiRequest, res: Res
     new.idempotency_key = idempotency_key
     new.request_fingerprint = (message.encode() + b"\0" + await request.body()) if idempotency_key else None
     new.traceparent = current_traceparent()
-    while True:
-        try:
-            queued = await res.outbox.enqueue(new)
-            break
-        except RecipientsSuppressed as exc:
-            screen(new, exc.blocked, False)  # raises: a draft's recipients are the author's choice
-        except UnknownAccount as exc:
-            raise not_found("Account", "account") from exc
-        except AccountCannotSend as exc:
-            raise ApiError(404, "SMTP configuration not found: the account has no SMTP settings to send with",
-                           "account", code="SMTPUnavailable") from exc
-        except IdempotencyConflict as exc:
-            raise ApiError(409, "Idempotency-Key was already used with a different request", "Idempotency-Key",
-                           code="IdempotencyConflict") from exc
+    # A draft's recipients are the author's choice: a suppressed one refuses the send.
+    queued = await submit_service.queue(res, new, skip_suppressed=False)
     return {"response": "Queued for delivery", "messageId": queued.message_id,
             "queueId": queued.queue_id, "sendAt": events.iso(queued.send_at)}

@@ -14,7 +14,6 @@ import base64
 import html
 import re
 from dataclasses import dataclass, field
-from email.message import Message
 from typing import Any
 
 import msgspec
@@ -195,13 +194,7 @@ def _carried_attachments(original: Original, keep_cids: bool) -> list[Attachment
         if msg.get_content_type() in ("text/plain", "text/html") and not msg.get_filename() \
                 and msg.get_content_disposition() != "attachment":
             continue
-        if msg.get_content_maintype() == "message":
-            inner = msg.get_payload()
-            first = inner[0] if isinstance(inner, list) and inner else None
-            data = first.as_bytes() if isinstance(first, Message) else b""
-        else:
-            payload = msg.get_payload(decode=True)
-            data = payload if isinstance(payload, bytes) else b""
+        data = content.part_bytes(msg)
         cid = (msg.get("Content-ID") or "").strip().strip("<>") or None
         carried.append(Attachment(
             content=base64.b64encode(data).decode("ascii"),
