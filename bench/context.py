@@ -21,6 +21,9 @@ from tests.support.stack import BIN, Stack, _rabbitmqctl
 
 BENCH_ENV = {
     "MAILGATE_LOG_LEVEL": "WARNING",
+    # Production intervals for checking folders other than INBOX (the tests use 2 s).
+    "MAILGATE_IMAP_FOLDER_POLL": "60",
+    "MAILGATE_IMAP_FOLDER_POLL_NOTIFIED": "600",
     # Two API processes for two cores; the reference app runs as many.
     "MAILGATE_API_WORKERS": os.environ.get("MAILGATE_API_WORKERS", "2"),
     "MAILGATE_DELIVERY_RETRY_BASE": "15",

@@ -101,6 +101,9 @@ def test_relay_without_auth_gets_the_message_and_the_attempt_says_unauthenticate
     assert received.mail_from == f"{trusted}@sender.test"
     [attempt] = _attempts(stack, queue_id)
     assert (attempt["outcome"], attempt["authenticated"]) == ("sent", False)
+    # ... and the outbox API shows it on the attempt.
+    [shown] = api.get(f"/v1/outbox/{queue_id}").json()["attemptsLog"]
+    assert shown["authenticated"] is False
 
     # Where AUTH is offered, the sender logs in, and the attempt says so.
     logged_in = _submit(api, account, f"auth-{uuid.uuid4().hex[:8]}@example.org")

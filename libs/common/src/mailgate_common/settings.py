@@ -150,6 +150,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # How often folders other than INBOX (account ``path``) are checked with STATUS;
     # INBOX stays on IDLE, so this is the latency of news in the other folders.
     imap_folder_poll: PositiveFloat = 60.0
+    # The same where the server pushes new and expunged mail of every folder (NOTIFY):
+    # then the round only catches flag changes outside INBOX.
+    imap_folder_poll_notified: PositiveFloat = 600.0
     # How long the api waits for imap-sync to fetch a message's content (then 504).
     imap_fetch_timeout: PositiveFloat = 20.0
     # Largest message the api can read through imap-sync (RabbitMQ's message size

@@ -112,6 +112,13 @@ _COLUMNS = [c.key for c in IndexedMessage.__table__.columns if c.key != "created
 _ENVELOPE = ("message_id", "subject", "from_addr", "to_addr", "cc_addr", "date", "in_reply_to", "references")
 
 
+async def stored_mailboxes(db: Database, account: str, paths: list[str]) -> dict[str, Mailbox]:
+    """The index's state of these folders of an account, by path (one query)."""
+    async with db.sessions() as session:
+        rows = await session.scalars(select(Mailbox).where(Mailbox.account_id == account, Mailbox.path.in_(paths)))
+        return {row.path: row for row in rows}
+
+
 class FolderIndex:
     def __init__(self, db: Database, account: str, path: str, special_use: str | None = None) -> None:
         self.db = db

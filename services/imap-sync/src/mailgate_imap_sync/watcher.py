@@ -48,7 +48,7 @@ from mailgate_common.settings import Settings
 from mailgate_imap_sync import accounts, folders, mailboxes, notify, parse
 from mailgate_imap_sync.accounts import ImapAccount
 from mailgate_imap_sync.client import AuthError, ConnectError, Connection, ImapError, RefusedHost, ResponseTooLarge
-from mailgate_imap_sync.index import FolderIndex
+from mailgate_imap_sync.index import FolderIndex, stored_mailboxes
 from mailgate_imap_sync.state import set_state
 from mailgate_imap_sync.sync import ANY_CHANGE, FolderSync
 
@@ -61,7 +61,7 @@ PUSH_SETTLE = 0.1
 class Watcher:
     # Thousands live in one process: no per-instance __dict__.
     __slots__ = ("account", "busy_since", "connection", "db", "failures", "fingerprint", "forced", "listed",
-                 "opening", "relay", "sealer", "settings")
+                 "notified", "opening", "relay", "sealer", "settings")
 
     def __init__(self, settings: Settings, db: Database, relay: EventRelay, sealer: Sealer,
                  account: str, opening: asyncio.Semaphore) -> None:
@@ -84,6 +84,8 @@ class Watcher:
         # everything was asked for (``sync_now``).
         self.connection: Connection | None = None
         self.forced = False
+        # The server pushes news of the other folders (NOTIFY) on this connection.
+        self.notified = False
 
     def progress(self) -> None:
         self.busy_since = time.monotonic()
@@ -210,8 +212,7 @@ class Watcher:
             self.listed = ()
         inbox = FolderIndex(self.db, self.account, "INBOX")
         await self._sync(connection, inbox)
-        if spec and "NOTIFY" in connection.capabilities:
-            await self._notify(connection)
+        self.notified = bool(spec) and "NOTIFY" in connection.capabilities and await self._notify(connection)
         # Only now: mail arriving after "connected" is guaranteed to be announced.
         await set_state(self.db, self.relay, self.account, "connected")
         self.failures = 0
@@ -219,7 +220,10 @@ class Watcher:
 
     async def _watch(self, connection: Connection, spec: list[str], inbox: FolderIndex) -> None:
         idle = "IDLE" in connection.capabilities
-        next_poll = time.monotonic() + self.settings.imap_folder_poll
+        # With NOTIFY the round only has to catch what is not pushed (flag changes in
+        # other folders): a thousand accounts polling every minute cost a core.
+        interval = self.settings.imap_folder_poll_notified if self.notified else self.settings.imap_folder_poll
+        next_poll = time.monotonic() + interval
         while True:
             if connection.lost:
                 raise ConnectError("connection lost")
@@ -244,30 +248,46 @@ class Watcher:
             pushed &= ANY_CHANGE
             if not (pushed or poll):
                 continue
+            statuses: list[tuple[parse.Folder, dict[str, int]]] = []
+            if poll:
+                # The STATUS round is IMAP only and happens outside ``opening``: mail
+                # arriving for another account does not wait behind a thousand rounds.
+                statuses = await self._statuses(connection, spec)
+                next_poll = time.monotonic() + interval
+            if not (pushed or statuses):
+                continue
             # Bounded like the first sync: mail reaching every account at once must
             # queue here, not time out waiting for a pooled database connection.
             async with self.opening:
                 self.progress()
-                left_inbox = False
-                if poll:
-                    left_inbox = await self._poll_folders(connection, spec)
-                    next_poll = time.monotonic() + self.settings.imap_folder_poll
-                if pushed or left_inbox:
-                    # Also re-selects INBOX, which the next IDLE watches.
+                changed = await self._changed(statuses)
+                for index in changed:
+                    await self._sync(connection, index)
+                if pushed or changed:
+                    # Also re-selects INBOX (left when another folder was synced), which the next IDLE watches.
                     await self._sync(connection, inbox, pushed or ANY_CHANGE)
 
-    async def _notify(self, connection: Connection) -> None:
+    async def _notify(self, connection: Connection) -> bool:
         """News of every folder pushed, where the server can (see ``notify.py``)."""
         accepted = await notify.enable(connection)
         self.progress()
         if not accepted:
             log.info("%s: NOTIFY refused, polling the other folders", self.account)
+        return accepted
 
     async def _sync(self, connection: Connection, folder: FolderIndex, pushed: int = ANY_CHANGE) -> None:
         await FolderSync(connection, folder, self.relay, self.progress).run(pushed)
 
     async def _poll_folders(self, connection: Connection, spec: list[str], relist: bool = True) -> bool:
         """Sync every watched folder whose STATUS changed; True if any was selected."""
+        changed = await self._changed(await self._statuses(connection, spec, relist))
+        for index in changed:
+            await self._sync(connection, index)
+        return bool(changed)
+
+    async def _statuses(self, connection: Connection, spec: list[str],
+                        relist: bool = True) -> list[tuple[parse.Folder, dict[str, int]]]:
+        """STATUS of every watched folder (listed again first, unless ``relist`` is False)."""
         if relist:
             # Listed again each round: a folder created (or renamed) since is found.
             listed = await connection.list_folders()
@@ -275,10 +295,9 @@ class Watcher:
                 await self._store_folders(connection, listed)
                 self.listed = folders.shared(listed)
                 await self._forget_unwatched(spec)
-        selected = False
         condstore = "CONDSTORE" in connection.capabilities
+        statuses: list[tuple[parse.Folder, dict[str, int]]] = []
         for folder in folders.watched(spec, self.listed):
-            index = FolderIndex(self.db, self.account, folder.path, folder.special_use)
             response = await connection.status(
                 folder.path, folders.STATUS_ITEMS if condstore else folders.STATUS_ITEMS_PLAIN
             )
@@ -287,11 +306,16 @@ class Watcher:
                 # Deleted between LIST and STATUS: not worth dropping the connection.
                 log.info("%s: STATUS %s failed: %s", self.account, folder.path, response.result)
                 continue
-            if folders.unchanged(await index.stored(), folders.parse_status(response.lines, folder.path)):
-                continue
-            await self._sync(connection, index)
-            selected = True
-        return selected
+            statuses.append((folder, folders.parse_status(response.lines, folder.path)))
+        return statuses
+
+    async def _changed(self, statuses: list[tuple[parse.Folder, dict[str, int]]]) -> list[FolderIndex]:
+        """The folders whose STATUS differs from the index (one database read)."""
+        if not statuses:
+            return []
+        stored = await stored_mailboxes(self.db, self.account, [folder.path for folder, _ in statuses])
+        return [FolderIndex(self.db, self.account, folder.path, folder.special_use)
+                for folder, status in statuses if not folders.unchanged(stored.get(folder.path), status)]
 
     async def _forget_unwatched(self, spec: list[str]) -> None:
         """Drop the index of folders not (or no longer) watched.

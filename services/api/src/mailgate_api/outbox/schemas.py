@@ -20,6 +20,8 @@ class AttemptView(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=Tr
     smtp_status: str | None = None
     response: str | None = None
     error: str | None = None
+    # False: the server offered no AUTH and the message went without a login.
+    authenticated: bool | None = None
 
 
 class ProgressError(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):

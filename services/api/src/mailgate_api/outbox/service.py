@@ -47,6 +47,7 @@ def entry(row: OutboxMessage, attempts: list[DeliveryAttempt] | None = None) -> 
                 smtp_status=a.smtp_status,
                 response=a.response,
                 error=a.error,
+                authenticated=a.authenticated,
             )
             for a in attempts
         ],

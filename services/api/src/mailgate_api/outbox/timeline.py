@@ -51,7 +51,7 @@ async def _attempts(session: AsyncSession, row: OutboxMessage, admin: bool) -> l
     )
     return [
         _step(a.finished_at, a.outcome, attempt=a.attempt, server=a.server, smtpResponseCode=a.smtp_code,
-              smtpStatus=a.smtp_status, response=a.response, error=a.error)
+              smtpStatus=a.smtp_status, response=a.response, error=a.error, authenticated=a.authenticated)
         for a in attempts
     ]
 
