@@ -64,6 +64,13 @@ class Dsn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     recipient: Annotated[str, msgspec.Meta(min_length=3, max_length=320)] | None = None
 
 
+class RenderOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """EmailEngine's ``render``: Handlebars ``params`` for the message's (or template's) parts."""
+
+    format: Literal["html", "markdown"] | None = None
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 class SubmitRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
     from_: Address | None = msgspec.field(name="from", default=None)
     to: list[Address] | Address | None = None
@@ -90,12 +97,15 @@ class SubmitRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown
     # Suppressed recipients: false (default) refuses the submit naming them;
     # true drops just them from the envelope and sends to the rest (refused if none remain).
     skip_suppressed: bool = False
+    # A stored template's id (/v1/templates): its parts replace subject, text, html and previewText.
+    template: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    # Render the parts as Handlebars with these params; false sends them as they are.
+    render: RenderOptions | bool | None = None
+    # EmailEngine's hidden preheader, put at the top of the html body.
+    preview_text: str | None = None
     # EmailEngine fields mailgate cannot honour yet; any meaningful value is refused.
-    template: Any = None
-    render: Any = None
     mail_merge: Any = None
     list_id: Any = None
-    preview_text: Any = None
     tracking_enabled: Any = None
     track_opens: Any = None
     track_clicks: Any = None
@@ -108,19 +118,16 @@ class SubmitRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown
 
 # wire name -> why mailgate refuses it; values that ask for nothing (false, null, "") pass.
 _UNSUPPORTED: dict[str, str] = {
-    "template": "stored templates are not supported yet",
-    "render": "template rendering is not supported yet (send the final subject, text and html)",
     "mailMerge": "mail merge is not supported yet (submit one message per recipient)",
     "listId": "mail merge lists are not supported yet",
-    "previewText": "preview text is not supported yet (put it in the html)",
     "trackingEnabled": "open and click tracking is not supported yet",
     "trackOpens": "open tracking is not supported yet",
     "trackClicks": "click tracking is not supported yet",
     "baseUrl": "tracking is not supported yet, so it has no base URL",
     "proxy": "sending through a proxy is not supported",
     "localAddress": "a per-message local address is not supported (set MAILGATE_LOCAL_ADDRESSES)",
-    "locale": "locale is only used by templates, which are not supported yet",
-    "tz": "tz is only used by templates, which are not supported yet",
+    "locale": "locale (for template date helpers) is not supported yet",
+    "tz": "tz (for template date helpers) is not supported yet",
     "reference.threadId": "thread ids are only for Gmail API accounts, which mailgate does not have",
     "reference.documentStore": "the document store is not supported",
 }

@@ -31,6 +31,7 @@ from mailgate_api.settings.routes import SettingsController
 from mailgate_api.stats.routes import StatsController
 from mailgate_api.submit.routes import submit
 from mailgate_api.suppression.routes import SuppressionController
+from mailgate_api.templates.routes import TemplateController
 from mailgate_api.tracing import tracing_middleware
 from mailgate_api.webhooks.routes import WebhookController
 from mailgate_common import gc_tuning, malloc, service_settings
@@ -119,6 +120,7 @@ def create_app(settings: Settings) -> Litestar:
             OutboxController,
             SettingsController,
             SuppressionController,
+            TemplateController,
             WebhookController,
             health.ready,
             health.live,

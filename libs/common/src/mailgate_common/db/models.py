@@ -451,3 +451,24 @@ class Bounce(Base):
 
 # Bounces are linked to what was sent by Message-ID (0008).
 Index("outbox_message_id", OutboxMessage.message_id)
+
+
+class Template(Base):
+    """A stored message template (EmailEngine's /v1/templates): Handlebars parts in ``content``."""
+
+    __tablename__ = "templates"
+    __table_args__ = (
+        CheckConstraint("format IN ('html', 'markdown')", name="templates_format"),
+        Index("templates_account", "account_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    # None: a public template, usable by every account (only an admin token writes one).
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str]
+    description: Mapped[str | None]
+    format: Mapped[str] = mapped_column(server_default="html")  # html | markdown
+    # {subject, text, html, previewText}, EmailEngine's wire names; absent parts are left out.
+    content: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())

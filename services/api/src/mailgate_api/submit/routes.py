@@ -10,6 +10,7 @@ from mailgate_api.deps import ApiRequest, Resources
 from mailgate_api.errors import not_found
 from mailgate_api.submit import reference, service
 from mailgate_api.submit.schemas import IdempotencyResult, ReferenceResult, SubmitResponse
+from mailgate_api.templates import service as templates
 from mailgate_common import events
 from mailgate_common.db.models import Account
 from mailgate_common.outbox import sending_account
@@ -48,14 +49,19 @@ async def submit(
         raise not_found("Account", "account")
     options = service.local_options(data)
     original = None
+    template = None
     # Most submits need no lookup: they must not pay for a session (the hot path).
-    if data.gateway is not None or data.reference is not None:
+    if data.gateway is not None or data.reference is not None or data.template is not None:
         async with res.db.sessions() as session:
             if data.gateway is not None:
                 await service.check_gateway(session, data.gateway)
+            if data.template is not None:
+                template = await templates.load(session, data.template, account)
             if data.reference is not None:
                 original = await reference.resolve(session, res.bus, account, data,
                                                    res.settings.imap_fetch_timeout)
+    # Rendered before composing: a part that fails to render queues nothing (422).
+    data = templates.apply(data, template, row, res.settings.service_url)
     new = service.compose(row, data, res.settings.delivery_attempts, res.settings.max_message_size, original)
     new.options = options
     answer_reference = _reference_result(data, original)
@@ -89,4 +95,5 @@ def _reference_result(data: SubmitRequest, original: reference.Original | None) 
 
 def _needs_identity(data: SubmitRequest) -> bool:
     # A dry run is never inserted, so the guarded insert cannot say the account is unknown.
-    return data.dry_run or data.from_ is None or data.raw is not None or data.reference is not None
+    return (data.dry_run or data.from_ is None or data.raw is not None or data.reference is not None
+            or data.template is not None or (data.render is not None and data.render is not False))

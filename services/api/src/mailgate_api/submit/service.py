@@ -34,7 +34,9 @@ def check(req: SubmitRequest) -> None:
     if refused is not None:
         raise invalid(refused[0], f"is not supported: {refused[1]}")
     if req.raw is not None:
-        for name, value in (("text", req.text), ("html", req.html), ("attachments", req.attachments)):
+        for name, value in (("text", req.text), ("html", req.html), ("attachments", req.attachments),
+                            ("template", req.template), ("previewText", req.preview_text),
+                            ("render", req.render not in (None, False))):
             if value:
                 raise invalid(name, "cannot be combined with raw (raw is the whole message)")
     if req.dsn is not None:
