@@ -20,11 +20,10 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.support.outbox import final, submit
 from tests.support.smtp_sink import PASSWORD, SmtpSink
 from tests.support.stack import Stack, free_port, wait_for
 from tests.support.webhook_receiver import WebhookReceiver
-
-FINAL = {"sent", "failed", "unknown", "cancelled"}
 
 
 @pytest.fixture(scope="module")
@@ -57,24 +56,6 @@ def _account(api: httpx.Client, port: int, password: str = PASSWORD.decode(), **
     return account_id
 
 
-def _submit(api: httpx.Client, account: str, to: str) -> str:
-    response = api.post(f"/v1/account/{account}/submit", json={
-        "from": {"address": f"{account}@sender.test"}, "to": [{"address": to}],
-        "subject": "auth test", "text": "hello",
-    })
-    assert response.status_code == 200, response.text
-    queue_id: str = response.json()["queueId"]
-    return queue_id
-
-
-def _final(api: httpx.Client, queue_id: str) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        entry: dict[str, Any] = api.get(f"/v1/outbox/{queue_id}").json()
-        return entry if entry.get("state") in FINAL else None
-    found: dict[str, Any] = wait_for(done, timeout=20, message=f"{queue_id} final")
-    return found
-
-
 def _attempts(stack: Stack, queue_id: str) -> list[asyncpg.Record]:
     return _query(stack, "SELECT attempt, outcome, authenticated, error FROM delivery_attempts "
                          "WHERE queue_id = $1 ORDER BY attempt", queue_id)
@@ -95,8 +76,8 @@ def test_relay_without_auth_gets_the_message_and_the_attempt_says_unauthenticate
 ) -> None:
     trusted = _account(api, relay.port)
     to = f"relay-{uuid.uuid4().hex[:8]}@example.org"
-    queue_id = _submit(api, trusted, to)
-    assert _final(api, queue_id)["state"] == "sent"
+    queue_id = submit(api, trusted, to)
+    assert final(api, queue_id)["state"] == "sent"
     [received] = relay.to(to)
     assert received.mail_from == f"{trusted}@sender.test"
     [attempt] = _attempts(stack, queue_id)
@@ -106,8 +87,8 @@ def test_relay_without_auth_gets_the_message_and_the_attempt_says_unauthenticate
     assert shown["authenticated"] is False
 
     # Where AUTH is offered, the sender logs in, and the attempt says so.
-    logged_in = _submit(api, account, f"auth-{uuid.uuid4().hex[:8]}@example.org")
-    assert _final(api, logged_in)["state"] == "sent"
+    logged_in = submit(api, account, f"auth-{uuid.uuid4().hex[:8]}@example.org")
+    assert final(api, logged_in)["state"] == "sent"
     [attempt] = _attempts(stack, logged_in)
     assert attempt["authenticated"] is True
 
@@ -117,9 +98,9 @@ def test_force_auth_against_a_relay_without_auth_fails_each_message_once_and_rep
 ) -> None:
     forced = _account(api, relay.port, forceAuth=True)
     to = [f"forced-{n}-{uuid.uuid4().hex[:8]}@example.org" for n in range(3)]
-    queue_ids = [_submit(api, forced, rcpt) for rcpt in to]
+    queue_ids = [submit(api, forced, rcpt) for rcpt in to]
     for queue_id in queue_ids:
-        entry = _final(api, queue_id)
+        entry = final(api, queue_id)
         assert (entry["state"], entry["attemptsMade"]) == ("failed", 1), entry
         assert "does not offer AUTH" in entry["lastError"]
         wait_for(functools.partial(webhook_receiver.received, "messageFailed", queueId=queue_id),
@@ -140,9 +121,9 @@ def test_refused_password_is_reported_once_and_cleared_by_the_next_success(
     stack: Stack, api: httpx.Client, smtp_sink: SmtpSink, webhook_receiver: WebhookReceiver,
 ) -> None:
     wrong = _account(api, smtp_sink.port, password="not-the-password")
-    queue_ids = [_submit(api, wrong, f"refused-{n}-{uuid.uuid4().hex[:8]}@example.org") for n in range(3)]
+    queue_ids = [submit(api, wrong, f"refused-{n}-{uuid.uuid4().hex[:8]}@example.org") for n in range(3)]
     for queue_id in queue_ids:
-        entry = _final(api, queue_id)
+        entry = final(api, queue_id)
         # 535 is permanent: failed on its first attempt, never deferred ten times.
         assert (entry["state"], entry["attemptsMade"]) == ("failed", 1), entry
         assert entry["lastError"].startswith("535")
@@ -162,7 +143,7 @@ def test_refused_password_is_reported_once_and_cleared_by_the_next_success(
         "auth": {"user": wrong, "pass": PASSWORD.decode()}}})
     assert response.status_code == 200, response.text
     to = f"fixed-{uuid.uuid4().hex[:8]}@example.org"
-    assert _final(api, _submit(api, wrong, to))["state"] == "sent"
+    assert final(api, submit(api, wrong, to))["state"] == "sent"
     assert len(smtp_sink.to(to)) == 1
     status = wait_for(lambda: (s := _smtp_status(stack, wrong)) and s["status"] == "ok" and s,
                       message="smtpStatus ok")

@@ -13,15 +13,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import httpx
 import pytest
 
+from tests.support.outbox import final, submit
 from tests.support.smtp_sink import PASSWORD, SmtpSink
 from tests.support.stack import Service, Stack, free_port, wait_for
 
-FINAL = {"sent", "failed", "unknown", "cancelled"}
 DSN = {"id": "order 4815", "return": "headers", "notify": ["failure", "delay"], "recipient": "bounces@example.com"}
 
 
@@ -56,28 +55,10 @@ def _account(api: httpx.Client, port: int) -> str:
     return account_id
 
 
-def _submit(api: httpx.Client, account: str, to: str, **fields: Any) -> str:
-    response = api.post(f"/v1/account/{account}/submit", json={
-        "from": {"address": f"{account}@sender.test"}, "to": [{"address": to}],
-        "subject": "on the wire", "text": "hello", **fields,
-    })
-    assert response.status_code == 200, response.text
-    queue_id: str = response.json()["queueId"]
-    return queue_id
-
-
-def _final(api: httpx.Client, queue_id: str) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        entry: dict[str, Any] = api.get(f"/v1/outbox/{queue_id}").json()
-        return entry if entry.get("state") in FINAL else None
-    found: dict[str, Any] = wait_for(done, timeout=20, message=f"{queue_id} final")
-    return found
-
-
 def test_dsn_parameters_go_to_a_server_that_offers_dsn(api: httpx.Client, dsn_sink: SmtpSink) -> None:
     account = _account(api, dsn_sink.port)
     to = _rcpt("dsn")
-    assert _final(api, _submit(api, account, to, dsn=DSN))["state"] == "sent"
+    assert final(api, submit(api, account, to, dsn=DSN))["state"] == "sent"
     [received] = dsn_sink.to(to)
     assert "RET=HDRS" in received.mail_options
     assert "ENVID=order+204815" in received.mail_options  # xtext: the space as +20
@@ -85,7 +66,7 @@ def test_dsn_parameters_go_to_a_server_that_offers_dsn(api: httpx.Client, dsn_si
 
     # Without ``dsn`` the envelope carries none of it.
     plain = _rcpt("nodsn")
-    assert _final(api, _submit(api, account, plain))["state"] == "sent"
+    assert final(api, submit(api, account, plain))["state"] == "sent"
     [received] = dsn_sink.to(plain)
     assert not [o for o in received.mail_options if o.startswith(("RET=", "ENVID="))]
     assert received.rcpt_options[plain] == []
@@ -96,7 +77,7 @@ def test_dsn_is_left_out_where_the_server_does_not_offer_it(
 ) -> None:
     to = _rcpt("nodsnserver")
     # The sink refuses parameters it does not know (555): sent means none went.
-    assert _final(api, _submit(api, account, to, dsn=DSN))["state"] == "sent"
+    assert final(api, submit(api, account, to, dsn=DSN))["state"] == "sent"
     [received] = smtp_sink.to(to)
     assert not [o for o in received.mail_options if o.startswith(("RET=", "ENVID="))]
 
@@ -110,7 +91,7 @@ def test_a_submit_naming_a_gateway_is_sent_through_it(
                                              "pass": PASSWORD.decode()})
     assert response.status_code == 200, response.text
     to = _rcpt("gateway")
-    assert _final(api, _submit(api, account, to, gateway=gateway))["state"] == "sent"
+    assert final(api, submit(api, account, to, gateway=gateway))["state"] == "sent"
     [received] = gateway_sink.to(to)
     assert received.mail_from == f"{account}@sender.test"
     assert smtp_sink.to(to) == []
@@ -121,7 +102,7 @@ def test_a_submit_naming_a_gateway_is_sent_through_it(
 
     # The account's own server again for a submit without ``gateway``.
     direct = _rcpt("direct")
-    assert _final(api, _submit(api, account, direct))["state"] == "sent"
+    assert final(api, submit(api, account, direct))["state"] == "sent"
     assert len(smtp_sink.to(direct)) == 1 and gateway_sink.to(direct) == []
 
 
@@ -147,8 +128,8 @@ def test_new_connections_take_the_local_addresses_in_turn_with_their_ehlo_names(
     with _replaced_sender(stack, "sender-local", MAILGATE_LOCAL_ADDRESSES=spec):
         # Two at once need two connections: one from each address.
         to = [_rcpt("slow-local"), _rcpt("slow-local")]
-        queue_ids = [_submit(api, account, rcpt) for rcpt in to]
-        assert [_final(api, q)["state"] for q in queue_ids] == ["sent", "sent"]
+        queue_ids = [submit(api, account, rcpt) for rcpt in to]
+        assert [final(api, q)["state"] for q in queue_ids] == ["sent", "sent"]
     seen = {(r.peer, r.ehlo) for rcpt in to for r in gateway_sink.to(rcpt)}
     assert seen == {("127.0.0.2", "relay-a.test"), ("127.0.0.3", "relay-b.test")}
 
@@ -166,11 +147,11 @@ def test_a_paused_submit_queue_sends_nothing_until_resumed(
     try:
         wait_for(lambda: _sender_paused(stack), timeout=5, message="the sender sees the pause")
         to = _rcpt("paused")
-        queue_id = _submit(api, account, to)
+        queue_id = submit(api, account, to)
         time.sleep(1.0)
         assert api.get(f"/v1/outbox/{queue_id}").json()["state"] == "queued"
         assert smtp_sink.to(to) == []
     finally:
         assert api.put("/v1/settings/queue/submit", json={"paused": False}).status_code == 200
-    assert _final(api, queue_id)["state"] == "sent"
+    assert final(api, queue_id)["state"] == "sent"
     assert len(smtp_sink.to(to)) == 1

@@ -103,6 +103,12 @@ class Connection:
         protocol: BoundedProtocol = self._client.protocol
         return protocol
 
+    def end_idle(self) -> None:
+        """End a running IDLE early (only once the server accepted it: woken before,
+        IDLE would count as refused)."""
+        if self._listener is not None and self._listener.accepted:
+            self._listener.wake()
+
     def on_lost(self, _exc: Exception | None = None) -> None:
         self.lost = True
         if self._listener is not None:

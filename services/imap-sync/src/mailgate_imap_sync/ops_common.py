@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from mailgate_common.db.models import Mailbox
 from mailgate_imap_sync import parse
-from mailgate_imap_sync.client import AuthError, ConnectError, Connection, ImapError, RefusedHost
+from mailgate_imap_sync.client import AuthError, ConnectError, Connection, ImapError, RefusedHost, quote
 from mailgate_imap_sync.commands import Commands
 from mailgate_imap_sync.operations import OperationError
 from mailgate_imap_sync.search import SearchError, compile_search
@@ -111,7 +111,7 @@ async def expunge(conn: Connection, uids: list[int]) -> None:
 def quote_path(path: str, field: str = "path") -> str:
     if not path or any(c in path for c in "\r\n\0"):
         raise FieldError(field, "is not a folder path (empty, or with a line break)")
-    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return quote(path)
 
 
 async def special_folder(commands: Commands, conn: Connection, account: str, use: str) -> str | None:

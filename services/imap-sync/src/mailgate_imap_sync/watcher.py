@@ -96,11 +96,8 @@ class Watcher:
     def sync_now(self) -> None:
         """Sync every watched folder as soon as possible (ends a running IDLE)."""
         self.forced = True
-        connection = self.connection
-        listener = connection._listener if connection is not None else None
-        # Only once the server accepted IDLE: woken before, IDLE would count as refused.
-        if listener is not None and listener.accepted:
-            listener.wake()
+        if self.connection is not None:
+            self.connection.end_idle()
 
     async def run(self) -> None:
         while True:

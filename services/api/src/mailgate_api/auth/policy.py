@@ -50,6 +50,12 @@ def is_admin(scope: Any) -> bool:
     return info is not None and getattr(info, "account", "") is None
 
 
+def token_account(scope: Any) -> str | None:
+    """The account the request's token is bound to (None: an admin token)."""
+    account: str | None = getattr(scope.get("auth"), "account", None)
+    return account
+
+
 def needs_account_filter(handler: Any, path_params: dict[str, Any]) -> bool:
     return ACCOUNT_FILTER not in path_params and _declares_account_filter(handler)
 

@@ -13,7 +13,9 @@ from litestar import Controller, delete, get, post, put
 from litestar.params import Parameter
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailgate_api.auth.policy import token_account
 from mailgate_api.deps import ApiRequest, Resources
 from mailgate_api.errors import ApiError, not_found
 from mailgate_api.pagination import Page, PageSize, pages
@@ -26,8 +28,7 @@ ACCOUNT_ROUTE = {"auth": "account"}  # the handler decides, per template, what t
 
 
 def _caller(request: ApiRequest) -> str | None:
-    info = request.scope.get("auth")
-    return getattr(info, "account", None)
+    return token_account(request.scope)
 
 
 def _summary(row: Template) -> dict[str, Any]:
@@ -37,6 +38,16 @@ def _summary(row: Template) -> dict[str, Any]:
 
 def _not_found(template: str) -> ApiError:
     return ApiError(404, f"Requested template was not found [{template}]", "template", code="TemplateNotFound")
+
+
+async def _for_change(session: AsyncSession, template: str, request: ApiRequest, verb: str) -> Template:
+    """The template, locked, if the caller may ``verb`` it: 404 if it cannot see it, 403 if public."""
+    row = await session.get(Template, template, with_for_update=True)
+    if row is None or not service.visible(row, _caller(request)):
+        raise _not_found(template)
+    if not service.writable(row, _caller(request)):
+        raise ApiError(403, f"Only an admin token can {verb} a public template", "template")
+    return row
 
 
 class TemplateController(Controller):
@@ -86,11 +97,7 @@ class TemplateController(Controller):
         if content is not None:
             service.check(content)
         async with res.db.transaction() as session:
-            row = await session.get(Template, template, with_for_update=True)
-            if row is None or not service.visible(row, _caller(request)):
-                raise _not_found(template)
-            if not service.writable(row, _caller(request)):
-                raise ApiError(403, "Only an admin token can change a public template", "template")
+            row = await _for_change(session, template, request, "change")
             if data.name is not None:
                 row.name = data.name
             if data.description is not None:
@@ -106,11 +113,7 @@ class TemplateController(Controller):
             opt=ACCOUNT_ROUTE)
     async def remove(self, template: str, request: ApiRequest, res: Resources) -> dict[str, Any]:
         async with res.db.transaction() as session:
-            row = await session.get(Template, template, with_for_update=True)
-            if row is None or not service.visible(row, _caller(request)):
-                raise _not_found(template)
-            if not service.writable(row, _caller(request)):
-                raise ApiError(403, "Only an admin token can remove a public template", "template")
+            row = await _for_change(session, template, request, "remove")
             owner = row.account_id
             await session.delete(row)
         return {"deleted": True, "account": owner, "id": template}
