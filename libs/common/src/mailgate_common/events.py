@@ -473,6 +473,80 @@ class MessageComplaint(Event, kw_only=True, frozen=True, tag="message.complaint"
         }
 
 
+# --- tracking and list unsubscribe (api) ------------------------------------
+
+
+class _Tracked(Event, kw_only=True, frozen=True, tag="message._tracked"):
+    """An open or a click served by the tracking routes, flagged, never dropped.
+
+    ``machine`` marks fetches no person made (``machineReason``: ``apple_mpp``,
+    ``scanner_network``, ``image_proxy``, ``head_request``, ``prefetch_timing``);
+    webhook endpoints with ``excludeMachine`` do not get them.  ``remote_address``
+    and ``user_agent`` are None under the ``trackingPrivacy`` setting.
+    """
+
+    message_id: str | None = None
+    queue_id: str | None = None
+    recipient: str | None = None
+    remote_address: str | None = None
+    user_agent: str | None = None
+    machine: bool = False
+    machine_reason: str | None = None
+
+    def webhook_data(self) -> dict[str, Any]:
+        return {
+            "messageId": self.message_id,
+            "queueId": self.queue_id,
+            "recipient": self.recipient,
+            "remoteAddress": self.remote_address,
+            "userAgent": self.user_agent,
+            "machine": self.machine,
+            "machineReason": self.machine_reason,
+        }
+
+
+class TrackOpen(_Tracked, kw_only=True, frozen=True, tag="message.track_open"):
+    webhook_event: ClassVar[str | None] = "trackOpen"
+    first_open: bool = False  # the first open of this message served (machine ones included)
+
+    def webhook_data(self) -> dict[str, Any]:
+        return {**super().webhook_data(), "firstOpen": self.first_open}
+
+
+class TrackClick(_Tracked, kw_only=True, frozen=True, tag="message.track_click"):
+    webhook_event: ClassVar[str | None] = "trackClick"
+    url: str
+
+    def webhook_data(self) -> dict[str, Any]:
+        return {**super().webhook_data(), "url": self.url}
+
+
+class ListUnsubscribe(Event, kw_only=True, frozen=True, tag="message.list_unsubscribe"):
+    """A recipient left a list (one-click POST, the unsubscribe page, or the blocklist API)."""
+
+    webhook_event: ClassVar[str | None] = "listUnsubscribe"
+    recipient: str
+    list_id: str
+    message_id: str | None = None
+    remote_address: str | None = None
+    user_agent: str | None = None
+
+    def webhook_data(self) -> dict[str, Any]:
+        return {
+            "recipient": self.recipient,
+            "messageId": self.message_id,
+            "listId": self.list_id,
+            "remoteAddress": self.remote_address,
+            "userAgent": self.user_agent,
+        }
+
+
+class ListSubscribe(ListUnsubscribe, kw_only=True, frozen=True, tag="message.list_subscribe"):
+    """A recipient rejoined a list (the unsubscribe page's undo, or the blocklist API)."""
+
+    webhook_event: ClassVar[str | None] = "listSubscribe"
+
+
 AnyEvent = (
     SubmissionQueued
     | AccountChanged
@@ -492,6 +566,10 @@ AnyEvent = (
     | AccountState
     | MessageBounce
     | MessageComplaint
+    | TrackOpen
+    | TrackClick
+    | ListUnsubscribe
+    | ListSubscribe
 )
 
 _encoder = msgspec.json.Encoder()
@@ -526,6 +604,10 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     AccountState,
     MessageBounce,
     MessageComplaint,
+    TrackOpen,
+    TrackClick,
+    ListUnsubscribe,
+    ListSubscribe,
 )
 
 # EmailEngine webhook names subscribers may filter on (settings.webhookEvents).
@@ -540,6 +622,10 @@ WEBHOOK_EVENT_NAMES: tuple[str, ...] = (
     "messageFailed",
     "messageBounce",
     "messageComplaint",
+    "trackOpen",
+    "trackClick",
+    "listUnsubscribe",
+    "listSubscribe",
     "accountAdded",
     "accountDeleted",
     "authenticationError",

@@ -29,6 +29,11 @@ DEFAULTS: dict[str, Any] = {
     "notifyHeaders": [],
     # Protocol logs of every account (``all``), kept up to ``maxLogLines`` lines per account.
     "logs": {"all": False, "maxLogLines": 10000},
+    # Open and click tracking for every message that does not say (EmailEngine's names).
+    "trackOpens": False,
+    "trackClicks": False,
+    # Keep only the verdicts of opens, clicks and unsubscribes: no IP address, no user agent.
+    "trackingPrivacy": False,
 }
 
 # EmailEngine's queues; the row "queue:<name>" holds {"paused": bool, "concurrency": int | None}.

@@ -43,6 +43,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     api_workers: PositiveInt = 1
     # Public base URL used in webhook bodies (EmailEngine's serviceUrl).
     service_url: str | None = None
+    # Where tracking pixels, click links and unsubscribe links point (default:
+    # the serviceUrl setting, then MAILGATE_SERVICE_URL, then the API's address).
+    tracking_base_url: str | None = None
+    # Old MAILGATE_SECRETs (comma-separated) whose tracking and unsubscribe links
+    # still verify, so mail delivered before a rotation keeps working.
+    tracking_retired_secrets: str | None = None
     smtp_host: str = "127.0.0.1"
     smtp_port: Port = 2525
     # Each non-HTTP service serves /health/live, /health/ready and /metrics here;

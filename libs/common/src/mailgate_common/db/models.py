@@ -296,6 +296,8 @@ class WebhookEndpoint(Base):
     secret: Mapped[bytes]
     previous_secret: Mapped[bytes | None]
     previous_secret_expires_at: Mapped[datetime | None]
+    # Opens and clicks flagged as machine-made are not delivered here (0012).
+    exclude_machine: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     consecutive_failures: Mapped[int] = mapped_column(Integer, server_default="0")
     first_failure_at: Mapped[datetime | None]
     failing_since: Mapped[datetime | None]
@@ -470,5 +472,54 @@ class Template(Base):
     format: Mapped[str] = mapped_column(server_default="html")  # html | markdown
     # {subject, text, html, previewText}, EmailEngine's wire names; absent parts are left out.
     content: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    # Inline the html's <style> rules into style attributes when rendering (css-inline; 0012).
+    inline_css: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class BlocklistEntry(Base):
+    """A recipient blocked for one list (EmailEngine's /v1/blocklist/{listId}; 0012).
+
+    List-scoped on purpose: unsubscribing from a newsletter never blocks a
+    password reset, which only the transactional ``suppressions`` could do.
+    """
+
+    __tablename__ = "blocklist_entries"
+    __table_args__ = (CheckConstraint("address = lower(address)", name="blocklist_entries_address_lower"),)
+
+    list_id: Mapped[str] = mapped_column(primary_key=True)
+    address: Mapped[str] = mapped_column(primary_key=True)  # lower-cased
+    account_id: Mapped[str | None]
+    message_id: Mapped[str | None]
+    source: Mapped[str] = mapped_column(server_default="api")  # api | unsubscribe | one-click
+    reason: Mapped[str] = mapped_column(server_default="block")
+    remote_address: Mapped[str | None]
+    user_agent: Mapped[str | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class TrackingEvent(Base):
+    """An open or click served by the tracking routes, with its machine verdict (0012)."""
+
+    __tablename__ = "tracking_events"
+    __table_args__ = (
+        CheckConstraint("kind IN ('open', 'click')", name="tracking_events_kind"),
+        Index("tracking_events_message", "queue_id", "kind"),
+        Index("tracking_events_created", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    kind: Mapped[str]  # open | click
+    account_id: Mapped[str | None]
+    queue_id: Mapped[str | None]
+    message_id: Mapped[str | None]
+    recipient: Mapped[str | None]
+    url: Mapped[str | None]
+    machine: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    machine_reason: Mapped[str | None]
+    first: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # Empty under the trackingPrivacy setting: only the verdicts are kept.
+    remote_address: Mapped[str | None]
+    user_agent: Mapped[str | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

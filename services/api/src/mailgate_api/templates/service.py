@@ -95,12 +95,14 @@ def render_parts(content: dict[str, Any], fmt: str, context: dict[str, Any],
 
 
 def context(account: Account, req: SubmitRequest | None, params: dict[str, Any],
-            service_url: str | None) -> dict[str, Any]:
+            service_url: str | None, unsubscribe_url: str | None = None) -> dict[str, Any]:
     rcpt: dict[str, Any] = {}
     if req is not None:
         to = as_list(req.to)
         if to:
             rcpt = {"address": to[0].address, "name": to[0].name}
+    if unsubscribe_url is not None:
+        rcpt["unsubscribeUrl"] = unsubscribe_url
     return {"params": params, "account": {"name": account.name, "email": account.email},
             "service": {"url": service_url}, "rcpt": rcpt}
 
@@ -140,14 +142,17 @@ async def load(session: AsyncSession, template_id: str, account: str) -> Templat
 
 
 def apply(req: SubmitRequest, template: Template | None, account: Account,
-          service_url: str | None) -> SubmitRequest:
+          service_url: str | None, unsubscribe_url: str | None = None) -> SubmitRequest:
     """The submit with the template's parts filled in and rendered; unchanged if nothing asks for it.
 
     As in EmailEngine, a template's parts replace the request's and a template
     is always rendered (its format decides the html's); without a template only
-    ``render`` (not false) renders the request's own parts.
+    ``render`` (not false) renders the request's own parts.  A list message
+    (``unsubscribe_url`` set: a merge with ``listId``) is always rendered, so
+    ``{{rcpt.unsubscribeUrl}}`` works in the request's own parts too.
     """
     asked, fmt, params = render_options(req)
+    asked = asked or unsubscribe_url is not None
     if template is None and not asked and not req.preview_text:
         return req  # the hot path: nothing to fill in or render
     parts: dict[str, Any] = {p: getattr(req, _ATTRS[p]) for p in PARTS}
@@ -158,7 +163,8 @@ def apply(req: SubmitRequest, template: Template | None, account: Account,
         fmt = template.format
         asked = True
     if asked:
-        parts = {**parts, **render_parts(parts, fmt or "html", context(account, req, params, service_url))}
+        parts = {**parts, **render_parts(parts, fmt or "html",
+                                         context(account, req, params, service_url, unsubscribe_url))}
     html, preview = parts["html"], parts["previewText"]
     if preview and html:
         html = with_preview(html, preview)
