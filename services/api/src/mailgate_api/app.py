@@ -17,6 +17,7 @@ from mailgate_api import health
 from mailgate_api.accounts.routes import AccountController
 from mailgate_api.accounts.verify import VerifyController
 from mailgate_api.auth import AuthPlugin
+from mailgate_api.blocklists.routes import BlocklistController
 from mailgate_api.body_budget import body_budget
 from mailgate_api.changes.routes import ChangesController
 from mailgate_api.deps import Resources
@@ -33,6 +34,8 @@ from mailgate_api.submit.routes import submit
 from mailgate_api.suppression.routes import SuppressionController
 from mailgate_api.templates.routes import TemplateController
 from mailgate_api.tracing import tracing_middleware
+from mailgate_api.tracking.routes import TrackingController
+from mailgate_api.unsubscribe.routes import UnsubscribeController
 from mailgate_api.webhooks.routes import WebhookController
 from mailgate_common import gc_tuning, malloc, service_settings
 from mailgate_common.budget import Budget
@@ -121,6 +124,9 @@ def create_app(settings: Settings) -> Litestar:
             SettingsController,
             SuppressionController,
             TemplateController,
+            BlocklistController,
+            TrackingController,
+            UnsubscribeController,
             WebhookController,
             health.ready,
             health.live,

@@ -1,0 +1,1 @@
+"""EmailEngine's per-list blocklists (/v1/blocklists, /v1/blocklist/{listId})."""

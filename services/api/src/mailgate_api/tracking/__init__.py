@@ -1,0 +1,1 @@
+"""Open and click tracking: the pixel (/open.gif) and the click redirect (/redirect)."""

@@ -1,0 +1,7 @@
+from __future__ import annotations
+
+from litestar import Controller
+
+
+class TrackingController(Controller):
+    tags = ["tracking"]

@@ -1,0 +1,7 @@
+from __future__ import annotations
+
+from litestar import Controller
+
+
+class UnsubscribeController(Controller):
+    tags = ["unsubscribe"]
