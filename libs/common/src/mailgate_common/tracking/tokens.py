@@ -22,7 +22,7 @@ import hmac
 import json
 from collections.abc import Iterable
 from typing import Any, Literal
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -102,6 +102,25 @@ class Signer:
                         message_id: str | None) -> str:
         return self.url(base, UNSUBSCRIBE_PATH, {"act": "unsub", "acc": account, "list": list_id,
                                                  "rcpt": recipient, "msg": message_id})
+
+    def unsubscribe_mailto(self, mailbox: str, *, account: str, list_id: str, recipient: str,
+                           message_id: str | None) -> str:
+        """The ``mailto:`` List-Unsubscribe entry: a mail to the account's own mailbox whose
+        subject carries the signed data (imap-sync acts on it, see :func:`unsubscribe_subject`)."""
+        payload, sig = self.sign({"act": "unsub", "acc": account, "list": list_id, "rcpt": recipient,
+                                  "msg": message_id})
+        return f"mailto:{mailbox}?subject={quote(f'{SUBJECT_PREFIX}{payload}.{sig}', safe='')}"
+
+
+# The subject of a mailto unsubscribe: "unsubscribe <data>.<key id>.<mac>".
+SUBJECT_PREFIX = "unsubscribe "
+
+
+def unsubscribe_subject(subject: str) -> tuple[str, str] | None:
+    """(data, sig) from a mailto unsubscribe's subject (a reply may prefix "Re: "), else None."""
+    _, found, token = subject.strip().partition(SUBJECT_PREFIX)
+    payload, _, sig = token.strip().partition(".")
+    return (payload, sig) if found and payload and sig else None
 
 
 def base_url(*candidates: str | None, fallback: str) -> str:
