@@ -20,6 +20,7 @@ from bench.scenarios import (
     end_to_end,
     imap,
     memory,
+    merge,
     rest_submit,
     smtp_client,
     smtp_intake,
@@ -36,6 +37,7 @@ SCENARIOS = {
     "e2e": end_to_end.run,
     "webhooks": webhooks.run,
     "imap": imap.run,
+    "merge": merge.run,
 }
 RESULTS = Path(__file__).parent / "results"
 

@@ -54,7 +54,7 @@ def test_ee_settings_example_is_stored_and_read_back(api: httpx.Client, restored
 
 
 @pytest.mark.parametrize(("key", "value"), [
-    ("trackOpens", True),              # EmailEngine's, not in mailgate yet
+    ("trackSentMessages", True),       # EmailEngine's deprecated switch, not in mailgate
     ("webhooksCustomHeaders", [{"key": "Authorization", "value": "Bearer x"}]),
     ("proxyUrl", "socks5://proxy.example.com:1080"),
     ("noSuchSetting", 1),              # nobody's
@@ -137,7 +137,7 @@ def test_prepared_settings_are_applied_at_start(stack: Stack, api: httpx.Client,
 
 @pytest.mark.parametrize(("prepared", "says"), [
     ('{"notifyText": true,', "MAILGATE_SETTINGS is not valid JSON"),
-    ('{"trackOpens": true}', "trackOpens"),
+    ('{"trackOpens": "sometimes"}', "trackOpens"),
     ('{"notifyTextSize": "many"}', "notifyTextSize"),
 ])
 def test_invalid_prepared_settings_stop_the_start_with_a_message(stack: Stack, prepared: str,

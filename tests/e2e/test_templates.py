@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import threading
 import uuid
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -241,3 +243,119 @@ def test_validate_renders_parts_reports_errors_and_suggests_a_model(api: httpx.C
 def test_bad_template_fields_are_refused_by_name(api: httpx.Client, account: str, body: dict[str, Any]) -> None:
     response = api.post(f"/v1/account/{account}/submit", json={"to": [{"address": rcpt()}], "text": "x", **body})
     assert response.status_code == 400, response.text
+
+
+# --- inlineCss -------------------------------------------------------------------------------------
+
+STYLED = ("<html><head><style>p { color: red } .note { font-weight: bold }"
+          " @media (max-width: 600px) { p { color: blue } }</style>{{{params.link}}}</head>"
+          '<body><p class="note" style="{{params.style}}">Hi {{params.name}}</p></body></html>')
+
+
+class CountingServer:
+    """A real HTTP server that counts what it is asked: a stylesheet must never be fetched."""
+
+    def __init__(self) -> None:
+        hits: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/css")
+                self.end_headers()
+                self.wfile.write(b"p { color: green }")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.hits = hits
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/style.css"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def styled(api: httpx.Client, account: str, inline: bool) -> str:
+    response = api.post("/v1/templates/template", json={
+        "account": account, "name": "styled", "inlineCss": inline,
+        "content": {"subject": "Styled", "html": STYLED}})
+    assert response.status_code == 200, response.text
+    template_id: str = response.json()["id"]
+    return template_id
+
+
+def test_inline_css_sends_html_with_inline_styles_and_keeps_media_queries(
+    api: httpx.Client, account: str, smtp_sink: SmtpSink
+) -> None:
+    template = styled(api, account, inline=True)
+    stored = api.get(f"/v1/templates/template/{template}").json()
+    assert stored["inlineCss"] is True and stored["content"]["html"] == STYLED  # the source stays as written
+    to = rcpt("css")
+    response = api.post(f"/v1/account/{account}/submit", json={
+        "to": [{"address": to}], "template": template,
+        "render": {"params": {"name": "Ann", "style": "margin: 0"}}})
+    assert response.status_code == 200, response.text
+    html = received(smtp_sink, to).get_body(("html",))
+    assert html is not None
+    body = html.get_content()
+    assert '<p class="note" style="color: red;font-weight: bold;margin: 0">Hi Ann</p>' in body
+    assert "@media (max-width: 600px) { p { color: blue } }" in body and ".note {" not in body
+
+    # Switched off: the <style> block goes out as written.
+    assert api.put(f"/v1/templates/template/{template}", json={"inlineCss": False}).status_code == 200
+    assert api.get(f"/v1/templates/template/{template}").json()["inlineCss"] is False
+    plain_to = rcpt("nocss")
+    response = api.post(f"/v1/account/{account}/submit", json={
+        "to": [{"address": plain_to}], "template": template, "render": {"params": {"name": "Ann"}}})
+    assert response.status_code == 200, response.text
+    plain = received(smtp_sink, plain_to).get_body(("html",))
+    assert plain is not None and ".note { font-weight: bold }" in plain.get_content()
+    assert 'style="color: red' not in plain.get_content()
+
+
+def test_a_css_error_sends_the_html_un_inlined(api: httpx.Client, account: str, smtp_sink: SmtpSink) -> None:
+    template = styled(api, account, inline=True)
+    to = rcpt("badcss")
+    # A value that makes a style attribute unparseable CSS: the message still goes out.
+    response = api.post(f"/v1/account/{account}/submit", json={
+        "to": [{"address": to}], "template": template, "render": {"params": {"name": "Ann", "style": "{"}}})
+    assert response.status_code == 200, response.text
+    html = received(smtp_sink, to).get_body(("html",))
+    assert html is not None
+    assert '<p class="note" style="{">Hi Ann</p>' in html.get_content()
+    assert ".note { font-weight: bold }" in html.get_content()
+
+
+def test_validate_shows_the_inlined_html_never_fetches_stylesheets_and_warns_on_css_errors(
+    api: httpx.Client, account: str
+) -> None:
+    template = styled(api, account, inline=True)
+    server = CountingServer()
+    try:
+        link = f'<link rel="stylesheet" href="{server.url}">'
+        response = api.post(f"/v1/templates/template/{template}/validate",
+                            json={"params": {"name": "Ann", "link": link}})
+        assert response.status_code == 200, response.text
+        html = response.json()["html"]
+        assert html["valid"] is True and "warning" not in html
+        assert '<p class="note" style="color: red;font-weight: bold">Hi Ann</p>' in html["rendered"]
+        assert "green" not in html["rendered"] and server.url not in html["rendered"]
+        assert server.hits == []
+    finally:
+        server.close()
+    broken = api.post(f"/v1/templates/template/{template}/validate",
+                      json={"params": {"name": "Ann", "style": "{"}}).json()
+    assert broken["valid"] is True  # the template is fine; this send would go out un-inlined
+    assert broken["html"]["warning"].startswith("CSS could not be inlined")
+    assert '<p class="note" style="{">Hi Ann</p>' in broken["html"]["rendered"]
+
+
+def test_inline_css_must_be_a_boolean(api: httpx.Client, account: str) -> None:
+    response = api.post("/v1/templates/template", json={
+        "account": account, "name": "x", "inlineCss": "yes", "content": {"html": "<p>x</p>"}})
+    assert response.status_code == 400, response.text
+    assert "inlineCss" in response.text

@@ -68,7 +68,7 @@ def test_forward_has_references_but_no_in_reply_to_and_carries_attachments_on_re
 
 
 def test_unsupported_fields_are_named_and_harmless_values_pass() -> None:
-    assert unsupported(request(listId="news")) == ("listId", "mail merge lists are not supported yet")
+    assert unsupported(request(proxy="socks5://p:1080")) == ("proxy", "sending through a proxy is not supported")
     assert unsupported(request(trackOpens=False, render=False, locale="")) is None
     threaded = unsupported(request(reference={"message": "AAAA", "threadId": "x"}))
     assert threaded is not None and threaded[0] == "reference.threadId"

@@ -8,6 +8,7 @@ Addresses are compared lower-cased, as suppressions are.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +19,28 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailgate_common.db.models import BlocklistEntry
 from mailgate_common.suppression import normalize
+
+# EmailEngine requires a list id in host name form ("newsletter.example.com",
+# "weekly"): it becomes part of the List-ID header.
+LIST_ID_MAX = 253
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_LIST_ID = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+
+def is_list_id(value: str) -> bool:
+    """Whether ``value`` is a list id EmailEngine accepts (a host name)."""
+    return len(value) <= LIST_ID_MAX and _LIST_ID.fullmatch(value) is not None
+
+
+async def has(session: AsyncSession, list_id: str, address: str) -> bool:
+    """Whether ``address`` is blocked on ``list_id``."""
+    return bool(await blocked(session, list_id, [address]))
+
+
+async def exists(session: AsyncSession, list_id: str) -> bool:
+    """Whether the list has any entry (lists exist only through their entries, as in EmailEngine)."""
+    found = await session.scalar(select(BlocklistEntry.list_id).where(BlocklistEntry.list_id == list_id).limit(1))
+    return found is not None
 
 
 @dataclass(frozen=True)

@@ -249,14 +249,14 @@ _UTF8_QP = _charset(quoted_printable=True)
 _UTF8_7BIT = _charset(quoted_printable=False)
 
 
-def _text(body: str, subtype: str) -> Message:
+def text_part(body: str, subtype: str) -> Message:
     plain = body.isascii() and all(len(line) <= MAX_LINE for line in body.splitlines())
     part = MIMENonMultipart("text", subtype)
     part.set_payload(body, _UTF8_7BIT if plain else _UTF8_QP)
     return part
 
 
-def _multipart(subtype: str, parts: list[Message]) -> Message:
+def multipart(subtype: str, parts: list[Message]) -> Message:
     return MIMEMultipart(subtype, _subparts=parts)
 
 
@@ -268,20 +268,20 @@ def _body(req: SubmitRequest, forwarded: list[Message]) -> Message:
     attached = [(i, a) for i, a in enumerate(req.attachments) if not a.cid]
     if text is None and html is None:
         text = ""
-    html_part: Message | None = _text(html, "html") if html is not None else None
+    html_part: Message | None = text_part(html, "html") if html is not None else None
     if inline:
         if html_part is None:
             raise InvalidMessage("attachments", "inline (cid) attachments need an html body")
-        html_part = _multipart("related", [html_part, *(_inline(i, a) for i, a in inline)])
+        html_part = multipart("related", [html_part, *(_inline(i, a) for i, a in inline)])
     if text is not None and html_part is not None:
-        body = _multipart("alternative", [_text(text, "plain"), html_part])
+        body = multipart("alternative", [text_part(text, "plain"), html_part])
     elif html_part is not None:
         body = html_part
     else:
         assert text is not None
-        body = _text(text, "plain")
+        body = text_part(text, "plain")
     if attached or forwarded:
-        body = _multipart("mixed", [body, *(_attachment(i, a) for i, a in attached), *forwarded])
+        body = multipart("mixed", [body, *(_attachment(i, a) for i, a in attached), *forwarded])
     return body
 
 
@@ -355,13 +355,13 @@ class PreparedRaw:
     @property
     def header_from(self) -> str | None:
         """The From header's address (parsed on demand: SMTP never asks)."""
-        found = getaddresses([_unicode(self.headers.get("From", ""))])
+        found = getaddresses([header_text(self.headers.get("From", ""))])
         return found[0][1] if found and found[0][1] else None
 
     @property
     def header_recipients(self) -> list[str]:
         """To, Cc and Bcc addresses, for a raw submit without an envelope."""
-        values = [_unicode(v) for key in ("To", "Cc", "Bcc") for v in self.headers.get_all(key, [])]
+        values = [header_text(v) for key in ("To", "Cc", "Bcc") for v in self.headers.get_all(key, [])]
         return [addr for _, addr in getaddresses(values) if addr]
 
 
@@ -385,7 +385,7 @@ def _header_lines(block: bytes) -> list[bytes]:
     return fields
 
 
-def _unicode(value: str | Header) -> str:
+def header_text(value: str | Header) -> str:
     """A raw header value as str; compat32 returns 8-bit (RFC 6532 UTF-8) values as a Header."""
     if isinstance(value, Header):
         return "".join(
@@ -398,7 +398,7 @@ def _unicode(value: str | Header) -> str:
 def _decoded(value: str | Header) -> str:
     """A header value as text: RFC 2047 words decoded, raw UTF-8 (RFC 6532) kept."""
     if isinstance(value, Header):
-        return " ".join(_unicode(value).split())
+        return " ".join(header_text(value).split())
     value = " ".join(value.split())
     try:
         return str(make_header(decode_header(value)))
@@ -432,7 +432,7 @@ def prepare_raw(
     added: list[bytes] = []
     message_id = " ".join(str(headers.get("Message-ID", "")).split())
     if not message_id:
-        from_values = getaddresses([_unicode(headers.get("From", ""))])
+        from_values = getaddresses([header_text(headers.get("From", ""))])
         message_id = new_message_id(from_values[0][1] if from_values else "")
         added.append(f"Message-ID: {message_id}\r\n".encode())
     if not headers.get("Date"):

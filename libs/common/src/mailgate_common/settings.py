@@ -49,6 +49,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Old MAILGATE_SECRETs (comma-separated) whose tracking and unsubscribe links
     # still verify, so mail delivered before a rotation keeps working.
     tracking_retired_secrets: str | None = None
+    # Tracking routes (/open.gif, /redirect): the reverse proxies (comma-separated
+    # addresses or CIDRs) whose X-Forwarded-For names the client; from any other
+    # peer the header is ignored.  An open or click this many seconds or less
+    # after the message was sent is flagged machine-made (prefetch_timing).
+    trusted_proxies: str | None = None
+    tracking_prefetch_seconds: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     smtp_host: str = "127.0.0.1"
     smtp_port: Port = 2525
     # Each non-HTTP service serves /health/live, /health/ready and /metrics here;

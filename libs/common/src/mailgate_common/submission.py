@@ -6,6 +6,10 @@ EmailEngine's schema it is strict: a field it does not know is refused (400
 naming it), never dropped.  EmailEngine fields mailgate cannot honour yet are
 known here so they can be refused by name with "not supported" (see
 :func:`unsupported`) instead of as unknown.
+
+``mailMerge`` turns one submit into one message per entry (see the API's
+``submit/merge.py``); ``trackOpens``, ``trackClicks``, ``trackingEnabled`` and
+``baseUrl`` become outbox options the sender applies at send time.
 """
 
 from __future__ import annotations
@@ -71,6 +75,20 @@ class RenderOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     params: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+# One request, one transaction: big enough for a real list, small enough to build
+# and commit within a client's timeout (10,000 take a few seconds).
+MAX_MAIL_MERGE = 10_000
+
+
+class MailMergeEntry(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """One recipient of a merge; ``messageId`` and ``sendAt`` override the message's."""
+
+    to: Address
+    message_id: Annotated[str, msgspec.Meta(max_length=996)] | None = None
+    params: dict[str, Any] | None = None
+    send_at: datetime | None = None
+
+
 class SubmitRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
     from_: Address | None = msgspec.field(name="from", default=None)
     to: list[Address] | Address | None = None
@@ -103,13 +121,18 @@ class SubmitRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown
     render: RenderOptions | bool | None = None
     # EmailEngine's hidden preheader, put at the top of the html body.
     preview_text: str | None = None
+    # One message per entry, to that entry's recipient with its own params.
+    mail_merge: Annotated[list[MailMergeEntry], msgspec.Meta(min_length=1, max_length=MAX_MAIL_MERGE)] | None = None
+    # The merge's list (host name form): List-ID / List-Unsubscribe headers, its blocklist skipped.
+    list_id: Annotated[str, msgspec.Meta(max_length=253)] | None = None
+    # Per-message tracking; absent: the runtime settings decide at send time.
+    # trackingEnabled is EmailEngine's older flag for both.
+    tracking_enabled: bool | None = None
+    track_opens: bool | None = None
+    track_clicks: bool | None = None
+    # Where this message's pixel, links and unsubscribe URL point ("" means not given, as in EmailEngine).
+    base_url: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
     # EmailEngine fields mailgate cannot honour yet; any meaningful value is refused.
-    mail_merge: Any = None
-    list_id: Any = None
-    tracking_enabled: Any = None
-    track_opens: Any = None
-    track_clicks: Any = None
-    base_url: Any = None
     proxy: Any = None
     local_address: Any = None
     locale: Any = None
@@ -118,12 +141,6 @@ class SubmitRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown
 
 # wire name -> why mailgate refuses it; values that ask for nothing (false, null, "") pass.
 _UNSUPPORTED: dict[str, str] = {
-    "mailMerge": "mail merge is not supported yet (submit one message per recipient)",
-    "listId": "mail merge lists are not supported yet",
-    "trackingEnabled": "open and click tracking is not supported yet",
-    "trackOpens": "open tracking is not supported yet",
-    "trackClicks": "click tracking is not supported yet",
-    "baseUrl": "tracking is not supported yet, so it has no base URL",
     "proxy": "sending through a proxy is not supported",
     "localAddress": "a per-message local address is not supported (set MAILGATE_LOCAL_ADDRESSES)",
     "locale": "locale (for template date helpers) is not supported yet",

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 from mailgate_common.db.models import Mailbox
 from mailgate_common.event_relay import EventRelay
-from mailgate_imap_sync import bounces, details, parse
+from mailgate_imap_sync import bounces, details, parse, unsubscribes
 from mailgate_imap_sync.client import Connection, ImapError
 from mailgate_imap_sync.index import Batch, FolderIndex, FolderState, Known, compare
 
@@ -216,6 +216,7 @@ class FolderSync:
             # on the next sync, and the bounces table drops the repeat.
             await bounces.check_new(self.connection, self.folder.db, self.relay, self.folder.account,
                                     self.folder.path, batch.uidvalidity, batch.new)
+            await unsubscribes.check_new(self.folder.db, self.relay, self.folder.account, batch.new)
             self.progress()
         if announce and batch.new:
             await self._details(batch)

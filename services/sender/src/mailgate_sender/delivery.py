@@ -7,7 +7,8 @@
       -> per-account limits (may hand the message back: no attempt spent)
       -> room in the byte budget for its body (large bodies only), the
          account's connection slot, then one of the process's SMTP slots
-      -> its body, loaded now if it did not come with the claim
+      -> its body, loaded now if it did not come with the claim, with the open
+         pixel and click links added when tracked (tracking.py)
       -> SMTP transaction on a pooled connection
       -> outcome written with other messages' in one durable commit (recorder.py)
       -> events published once that commit is done
@@ -58,6 +59,7 @@ from mailgate_sender.outcome import Outcome
 from mailgate_sender.recorder import Record, Recorder
 from mailgate_sender.smtp_client import SmtpPool, SmtpServer
 from mailgate_sender.smtp_connection import Abandoned
+from mailgate_sender.tracking import Trackers
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("mailgate.sender")
@@ -105,6 +107,7 @@ class Deliverer:
                              data_timeout=settings.smtp_data_timeout,
                              local_addresses=LocalAddresses.from_spec(settings.local_addresses))
         self.sealer = Sealer.from_settings(settings.secret, settings.secret_previous)
+        self.trackers = Trackers(settings, db)
         self._accounts: dict[str, tuple[float, Sending | None]] = {}
         self._loading: dict[str, asyncio.Future[Sending | None]] = {}
         self._gateways: dict[str, tuple[float, SmtpServer | Outcome]] = {}
@@ -323,6 +326,8 @@ class Deliverer:
             raw = claim.raw if claim.raw is not None else await self.claimer.load_body(claim)
             if raw is None:
                 return None
+            # Right before it goes out: the stored body (and the Sent copy) stay untracked.
+            raw = await self.trackers.add(claim, raw)
             exchanged = await self._exchange(claim, server, raw, traceparent)
             del raw  # before its room in the budget is given back
             return exchanged

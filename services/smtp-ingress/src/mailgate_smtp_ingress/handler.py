@@ -4,8 +4,9 @@ aiosmtpd parses the protocol; these hooks decide.  Order of a submission:
 ``handle_PROXY`` (when enabled) -> ``handle_EHLO`` (what we offer) ->
 ``handle_AUTH`` (may this connection authenticate at all?) -> ``auth_PLAIN`` /
 ``auth_LOGIN`` (check the credentials, throttled) -> ``handle_MAIL`` /
-``handle_RCPT`` (envelope, validated) -> ``handle_DATA`` (compose and queue
-through the shared outbox path; "250 queued" only after the commit).
+``handle_RCPT`` (envelope, validated) -> ``handle_DATA`` (compose, render a
+template the message names in ``X-Mailgate-Template``, queue through the shared
+outbox path; "250 queued" only after the commit).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetup
 
 from mailgate_common import events, suppression
 from mailgate_common.db import Database
+from mailgate_common.db.models import Account
 from mailgate_common.mime import InvalidMessage, normalize_address
 from mailgate_common.outbox import (
     AccountCannotSend,
@@ -32,7 +34,8 @@ from mailgate_common.outbox import (
 )
 from mailgate_common.settings import Settings
 from mailgate_common.telemetry import current_traceparent
-from mailgate_smtp_ingress import replies
+from mailgate_common.templates import apply as templates
+from mailgate_smtp_ingress import replies, templating
 from mailgate_smtp_ingress.auth import Authenticator, FailureThrottle, Identity, is_loopback
 from mailgate_smtp_ingress.message import Rejected, compose
 
@@ -49,6 +52,9 @@ class Policy:
     auth_failure_delay: float = 0.5
     # No-auth mode: the account for messages without an X-EE-Account header.
     default_account: str | None = None
+    # {{service.url}} in templates, as at the REST door.
+    service_url: str | None = None
+    max_message_size: int = 25 * 1024 * 1024
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -58,6 +64,8 @@ class Policy:
             max_attempts=settings.delivery_attempts,
             auth_failure_delay=settings.smtp_auth_failure_delay,
             default_account=None if settings.smtp_auth else settings.smtp_default_account,
+            service_url=settings.service_url,
+            max_message_size=settings.max_message_size,
         )
 
 
@@ -229,6 +237,7 @@ class IngressHandler:
         data = envelope.original_content or b""
         assert isinstance(data, bytes) and envelope.mail_from is not None
         try:
+            asked = templating.requested(data)
             message = compose(
                 data,
                 mail_from=envelope.mail_from,
@@ -241,12 +250,44 @@ class IngressHandler:
             )
         except Rejected as rejected:
             return rejected.reply
+        if asked is not None:
+            refused = await self._render(message, asked)
+            if refused is not None:
+                return refused
         # Shielded: a client hanging up mid-commit must not cancel the transaction
         # halfway; the task finishes and stop() waits for it.
         task = asyncio.ensure_future(self._queue(message, client_address(session)))
         self._queuing.add(task)
         task.add_done_callback(self._queuing.discard)
         return await asyncio.shield(task)
+
+    async def _render(self, message: NewMessage, asked: templating.TemplateAsk) -> str | None:
+        """Fill ``message`` from its template; the refusal's reply, or None when rendered."""
+        try:
+            async with self.db.sessions() as session:
+                template = await templates.load(session, asked.template_id, message.account_id)
+                account = await session.get(Account, message.account_id) if template is not None else None
+        except Exception as exc:
+            log.warning("loading template %s failed: %r", asked.template_id, exc)
+            return replies.INTERNAL
+        if template is None:
+            return templating.not_found(asked.template_id)
+        if account is None:
+            return "550 5.7.1 Unknown account"
+        try:
+            # A thread: a heavy template (bounded at MAX_RENDER_SECONDS) must not stall other sessions.
+            applied = await asyncio.to_thread(templating.apply, message.raw, template, account,
+                                              asked.params, self.policy.service_url)
+        except Rejected as rejected:
+            return rejected.reply
+        if applied.css_error is not None:
+            log.warning("template %s sent un-inlined: %s", template.id, applied.css_error)
+        if len(applied.raw) > self.policy.max_message_size:
+            return replies.TOO_BIG
+        message.raw = applied.raw
+        if applied.subject is not None:
+            message.subject = applied.subject
+        return None
 
     async def _queue(self, message: NewMessage, client: str) -> str:
         try:

@@ -4,7 +4,8 @@ Pure logic (no I/O) so the rules are easy to read and to test:
 recipients are the RCPT TO addresses, ``Bcc`` is removed, ``Message-ID``,
 ``Date`` and ``MIME-Version`` are added when missing (the shared
 ``prepare_raw``), ``X-EE-Send-At`` schedules and ``X-EE-Account`` picks the
-account in no-auth mode; both are removed before queuing.
+account in no-auth mode; both are removed before queuing, like the
+``X-Mailgate-Template*`` headers (read by ``templating``).
 
 SMTP has no idempotency key, and a client whose connection dropped after our
 commit but before our ``250`` (RFC 1047) sends the message again.  The same
@@ -24,6 +25,8 @@ from mailgate_common.outbox import NewMessage, fingerprint
 
 SEND_AT_HEADER = "X-EE-Send-At"
 ACCOUNT_HEADER = "X-EE-Account"
+# templating.TEMPLATE_HEADER and PARAMS_HEADER: never sent, whether or not a template is used.
+TEMPLATE_HEADERS = ("X-Mailgate-Template", "X-Mailgate-Template-Params")
 
 log = logging.getLogger("mailgate.smtp_ingress")
 
@@ -64,7 +67,7 @@ def compose(
 ) -> NewMessage:
     """The outbox row for this message.  ``account`` None: take it from X-EE-Account."""
     try:
-        prepared = prepare_raw(data, drop=(SEND_AT_HEADER, ACCOUNT_HEADER), now=now)
+        prepared = prepare_raw(data, drop=(SEND_AT_HEADER, ACCOUNT_HEADER, *TEMPLATE_HEADERS), now=now)
     except InvalidMessage as exc:
         raise Rejected(f"554 5.6.0 Message rejected: {exc.message}") from exc
     except Exception as exc:

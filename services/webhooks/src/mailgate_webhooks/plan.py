@@ -69,14 +69,24 @@ def anyone_wants(subscribed: Subscriptions, wanted: Sequence[Wanted]) -> bool:
     return subscribed.endpoints_may_match or any(urls_for(subscribed, w.event, w.name) for w in wanted)
 
 
-def endpoint_matches(endpoint: EndpointRow, name: str, account: str | None) -> bool:
-    """Is this (enabled) endpoint subscribed to this event name and account?"""
+def endpoint_matches(endpoint: EndpointRow, name: str, account: str | None, machine: bool = False) -> bool:
+    """Is this (enabled) endpoint subscribed to this event name and account?
+
+    ``machine``: the event is an open or click flagged as machine-made, which
+    endpoints with ``excludeMachine`` do not get.
+    """
     account_key = account or ""
     return (
         (endpoint.account_id is None or endpoint.account_id == account_key)
         and ("*" in endpoint.events or name in endpoint.events)
         and (not endpoint.accounts or account_key in endpoint.accounts)
+        and not (machine and endpoint.exclude_machine)
     )
+
+
+def is_machine(event: events.Event) -> bool:
+    """An open or click no person made (Apple MPP, a link scanner, prefetch...)."""
+    return isinstance(event, (events.TrackOpen, events.TrackClick)) and event.machine
 
 
 def plan(
@@ -112,7 +122,8 @@ def plan(
     for item in wanted:
         event, name = item.event, item.name
         urls = urls_for(subscribed, event, name)
-        matching = [e for e in endpoints if endpoint_matches(e, name, event.account)]
+        machine = is_machine(event)
+        matching = [e for e in endpoints if endpoint_matches(e, name, event.account, machine)]
         if not urls and not matching:
             continue
         body = render(event, name, service_url)

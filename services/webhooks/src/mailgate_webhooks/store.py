@@ -96,13 +96,15 @@ class EndpointRow:
     secret: bytes  # sealed
     previous_secret: bytes | None  # sealed; only while the rotation overlap lasts
     ready: bool  # takes attempts now (not failing, not backed off)
+    exclude_machine: bool = False  # no opens and clicks flagged as machine-made
 
 
 # A superset (enabled, any of these names, these accounts); plan.endpoint_matches decides.
 _ENDPOINTS = """
 SELECT id, url, account_id, events, accounts, headers::text, secret,
        CASE WHEN previous_secret_expires_at > now() THEN previous_secret END,
-       failing_since IS NULL AND (backoff_until IS NULL OR backoff_until <= now())
+       failing_since IS NULL AND (backoff_until IS NULL OR backoff_until <= now()),
+       exclude_machine
 FROM webhook_endpoints
 WHERE enabled AND events && $1::text[] AND (account_id IS NULL OR account_id = ANY($2::text[]))
 """
@@ -114,6 +116,7 @@ async def endpoints_for(conn: asyncpg.Connection, names: list[str], accounts: li
             id=r[0], url=r[1], account_id=r[2], events=list(r[3]),
             accounts=list(r[4]) if r[4] is not None else None, headers=json.loads(r[5] or "{}"),
             secret=bytes(r[6]), previous_secret=bytes(r[7]) if r[7] is not None else None, ready=r[8],
+            exclude_machine=r[9],
         )
         for r in await conn.fetch(_ENDPOINTS, names, accounts)
     ]

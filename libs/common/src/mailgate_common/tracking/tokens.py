@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -26,6 +27,8 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from mailgate_common.settings import Settings
 
 Action = Literal["open", "click", "unsub"]
 _INFO = b"mailgate tracking v1"
@@ -110,6 +113,16 @@ class Signer:
         payload, sig = self.sign({"act": "unsub", "acc": account, "list": list_id, "rcpt": recipient,
                                   "msg": message_id})
         return f"mailto:{mailbox}?subject={quote(f'{SUBJECT_PREFIX}{payload}.{sig}', safe='')}"
+
+
+@functools.cache
+def _signer(secret: str, previous: str | None, retired: str | None) -> Signer:
+    return Signer.from_settings(secret, previous, retired)
+
+
+def signer_for(settings: Settings) -> Signer:
+    """The process's signer: its keys are derived once, not per link or request."""
+    return _signer(settings.secret, settings.secret_previous, settings.tracking_retired_secrets)
 
 
 # The subject of a mailto unsubscribe: "unsubscribe <data>.<key id>.<mac>".

@@ -67,14 +67,17 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "notifyTextSize": _typed(NonNegative),
     "notifyHeaders": _typed(list[Header]),
     "logs": _logs,
+    # Open and click tracking of messages whose submit does not say (read by the sender at send time).
+    "trackOpens": _typed(bool),
+    "trackClicks": _typed(bool),
+    # Opens, clicks and unsubscribes keep no IP address and no user agent, only the verdicts.
+    "trackingPrivacy": _typed(bool),
     # Write-only: the shared SMTP submission password (hashed before it is stored).
     "smtpServerPassword": _secret,
 }
 
 # EmailEngine keys mailgate knows but does not do (yet): each gets its own clear refusal.
 UNSUPPORTED: dict[str, str] = {
-    "trackOpens": "open tracking is not supported yet",
-    "trackClicks": "click tracking is not supported yet",
     "trackSentMessages": "sent-message tracking is not supported",
     "webhooksCustomHeaders": "custom webhook headers are set per endpoint with /v1/webhooks",
     "notifyAttachments": "attachment content in webhooks is not supported",

@@ -8,8 +8,8 @@ from litestar.params import Parameter
 
 from mailgate_api.deps import ApiRequest, Resources
 from mailgate_api.errors import not_found
-from mailgate_api.submit import reference, service
-from mailgate_api.submit.schemas import IdempotencyResult, ReferenceResult, SubmitResponse
+from mailgate_api.submit import merge, reference, service
+from mailgate_api.submit.schemas import IdempotencyResult, MergeResponse, ReferenceResult, SubmitResponse
 from mailgate_api.templates import service as templates
 from mailgate_common import events
 from mailgate_common.db.models import Account
@@ -40,8 +40,11 @@ async def submit(
     request: ApiRequest,
     res: Resources,
     idempotency_key: IdempotencyKey = None,
-) -> SubmitResponse:
+) -> SubmitResponse | MergeResponse:
     service.check(data)
+    if data.mail_merge is not None:
+        return await merge.submit(account, data, res, await request.body(), idempotency_key,
+                                  current_traceparent())
     # The account's own name and address only fill in what the body leaves out;
     # whether the account exists and can send is checked by the guarded insert.
     row = await sending_account(res.db, account) if _needs_identity(data) else Account(id=account)

@@ -29,3 +29,34 @@ class SubmitResponse(msgspec.Struct, kw_only=True, rename="camel", omit_defaults
     # A dry run's built message (RFC 822, base64).
     preview: str | None = None
     idempotency: IdempotencyResult | None = None
+
+
+class MergeTo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    address: str
+    name: str | None = None
+
+
+class MergeSkipped(msgspec.Struct, kw_only=True, rename="camel"):
+    """Why a recipient was not queued: ``listId`` names the list that blocks them (null: suppressed)."""
+
+    reason: str
+    list_id: str | None = None
+
+
+class MergeResult(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    """EmailEngine's ``BulkResponseEntry``: one per ``mailMerge`` entry, in order."""
+
+    success: bool
+    to: MergeTo
+    message_id: str | None = None
+    queue_id: str | None = None
+    send_at: str | None = None
+    error: str | None = None
+    code: str | None = None
+    status_code: int | None = None
+    skipped: MergeSkipped | None = None
+
+
+class MergeResponse(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    mail_merge: list[MergeResult]
+    idempotency: IdempotencyResult | None = None

@@ -6,6 +6,7 @@ import base64
 import binascii
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,7 +15,7 @@ from mailgate_api.deps import Resources
 from mailgate_api.errors import ApiError, invalid, not_found
 from mailgate_api.submit import reference
 from mailgate_api.suppression.service import screen
-from mailgate_common import events
+from mailgate_common import blocklist, events
 from mailgate_common.db.models import Account, Gateway
 from mailgate_common.mime import InvalidMessage, build_message, normalize_address, prepare_raw
 from mailgate_common.outbox import (
@@ -27,12 +28,22 @@ from mailgate_common.outbox import (
 )
 from mailgate_common.submission import Address, SubmitRequest, envelope_list, unsupported
 
+# With mailMerge each entry is its own message, so these belong to the entries (or make no sense).
+MERGE_FORBIDS = ("to", "cc", "bcc", "envelope", "raw", "render", "messageId")
+_ATTRS = {"messageId": "message_id"}
+
 
 def check(req: SubmitRequest) -> None:
     """Refuse, naming the field, what mailgate cannot honour or what contradicts itself."""
     refused = unsupported(req)
     if refused is not None:
         raise invalid(refused[0], f"is not supported: {refused[1]}")
+    if req.mail_merge is not None:
+        _check_merge(req)
+    elif req.list_id is not None:
+        raise invalid("listId", "is only allowed with mailMerge (a list message goes to one recipient)")
+    if req.base_url is not None and req.base_url.strip() and not _is_base_url(req.base_url.strip()):
+        raise invalid("baseUrl", "must be an absolute http or https URL, e.g. https://mail.example.com")
     if req.raw is not None:
         for name, value in (("text", req.text), ("html", req.html), ("attachments", req.attachments),
                             ("template", req.template), ("previewText", req.preview_text),
@@ -43,6 +54,26 @@ def check(req: SubmitRequest) -> None:
         notify = dsn_notify(req)
         if "never" in notify and len(notify) > 1:
             raise invalid("dsn.notify", '"never" cannot be combined with other conditions')
+
+
+def _check_merge(req: SubmitRequest) -> None:
+    for name in MERGE_FORBIDS:
+        if getattr(req, _ATTRS.get(name, name)) is not None:
+            raise invalid(name, "cannot be combined with mailMerge (each entry is its own message: "
+                                "set mailMerge[].to, .params, .messageId)")
+    if req.reference is not None and req.reference.action == "reply-all":
+        raise invalid("reference.action", '"reply-all" cannot be combined with mailMerge (every recipient\'s '
+                                          "copy would also go to the original's recipients)")
+    if req.list_id is not None and not blocklist.is_list_id(req.list_id):
+        raise invalid("listId", "must be in host name form (letters, digits, hyphens, dots), e.g. newsletter")
+
+
+def _is_base_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def dsn_notify(req: SubmitRequest) -> list[str]:
@@ -71,6 +102,18 @@ def local_options(req: SubmitRequest) -> dict[str, Any]:
             raise invalid(exc.field, exc.message) from exc
         out["dsn"] = {"id": req.dsn.id, "return": req.dsn.return_, "notify": dsn_notify(req),
                       "recipient": recipient}
+    # Only what the request says: an absent flag leaves it to the runtime settings at send time.
+    track_opens, track_clicks = req.track_opens, req.track_clicks
+    if req.tracking_enabled is not None:
+        # EmailEngine's older flag sets whichever of the two is not given.
+        track_opens = req.tracking_enabled if track_opens is None else track_opens
+        track_clicks = req.tracking_enabled if track_clicks is None else track_clicks
+    if track_opens is not None:
+        out["trackOpens"] = track_opens
+    if track_clicks is not None:
+        out["trackClicks"] = track_clicks
+    if req.base_url is not None and req.base_url.strip():
+        out["baseUrl"] = req.base_url.strip().rstrip("/")
     return out
 
 

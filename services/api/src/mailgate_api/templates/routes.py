@@ -72,7 +72,8 @@ class TemplateController(Controller):
             row = await session.get(Template, template)
             if row is None or not service.visible(row, _caller(request)):
                 raise _not_found(template)
-            return {**_summary(row), "account": row.account_id, "content": row.content}
+            return {**_summary(row), "account": row.account_id, "inlineCss": bool(row.inline_css),
+                    "content": row.content}
 
     @post("/v1/templates/template", status_code=200, summary="Create a template", opt=ACCOUNT_ROUTE)
     async def create(self, data: TemplateCreate, request: ApiRequest, res: Resources) -> dict[str, Any]:
@@ -85,7 +86,7 @@ class TemplateController(Controller):
             if owner is not None and await session.get(Account, owner) is None:
                 raise not_found("Account", "account")
             row = Template(id=service.new_id(), account_id=owner, name=data.name, description=data.description,
-                           format=data.format, content=content)
+                           format=data.format, content=content, inline_css=data.inline_css)
             session.add(row)
         return {"created": True, "account": owner, "id": row.id}
 
@@ -106,6 +107,8 @@ class TemplateController(Controller):
                 row.format = data.format
             if content is not None:
                 row.content = content
+            if data.inline_css is not None:
+                row.inline_css = data.inline_css
             row.updated_at = events.utcnow()
             return {"updated": True, "account": row.account_id, "id": row.id}
 

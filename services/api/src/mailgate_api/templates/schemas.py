@@ -28,6 +28,8 @@ class TemplateCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     content: TemplateContent
     description: Description | None = None
     format: Format = "html"
+    # Inline the rendered html's <style> rules into style attributes (css-inline).
+    inline_css: bool = msgspec.field(default=False, name="inlineCss")
 
 
 class TemplateUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -37,6 +39,7 @@ class TemplateUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     description: Description | None = None
     format: Format | None = None
     content: TemplateContent | None = None
+    inline_css: bool | None = msgspec.field(default=None, name="inlineCss")
 
 
 class ValidateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -47,6 +50,8 @@ class PartResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     valid: bool
     rendered: str | None = None
     error: str | None = None
+    # Set when the html is shown (and would be sent) without its CSS inlined, and why.
+    warning: str | None = None
 
 
 class ValidateResponse(msgspec.Struct, kw_only=True, rename="camel"):

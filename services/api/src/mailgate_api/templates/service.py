@@ -1,19 +1,15 @@
-"""Stored templates: who sees which, checking them, and rendering a submit with one.
+"""Stored templates at the REST door: who may change which, checking them, rendering a submit.
 
-Rendering follows EmailEngine (``base-client.js``): with ``template`` the
-template's parts replace the request's, and the message is rendered; without
-one, ``render`` renders the request's own subject, text and html.  The context
-is ``{params, account{name, email}, service{url}, rcpt{address, name}}``.
-Subject and text are rendered unescaped, html escaped (markdown: escaped, then
-converted).  ``previewText`` becomes EmailEngine's hidden preheader at the top
-of the html body.
+The rendering rules (EmailEngine's precedence and context, css inlining, the preheader) live in
+``mailgate_common.templates.apply``, shared with the SMTP door; this module maps them to the
+submit request and to HTTP errors.
 """
 
 from __future__ import annotations
 
-import re
+import logging
 import secrets
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,10 +19,17 @@ from mailgate_api.templates.schemas import PartResult, TemplateContent, Validate
 from mailgate_common import templates as engine
 from mailgate_common.db.models import Account, Template
 from mailgate_common.submission import SubmitRequest, as_list
+from mailgate_common.templates import apply as shared
+from mailgate_common.templates.css import inline_css
 
-PARTS = ("subject", "text", "html", "previewText")
+log = logging.getLogger("mailgate.api.templates")
+
+PARTS = shared.PARTS
 _ATTRS = {"subject": "subject", "text": "text", "html": "html", "previewText": "preview_text"}
 _WIRE = {"preview_text": "previewText", "previewtext": "previewText"}
+
+visible = shared.visible
+with_preview = shared.with_preview
 
 
 def new_id() -> str:
@@ -41,22 +44,8 @@ def content_dict(content: TemplateContent) -> dict[str, Any]:
     return msgspec.to_builtins(content)  # type: ignore[no-any-return]
 
 
-def visible(row: Template, caller: str | None) -> bool:
-    """An admin (caller None) sees every template; an account its own and the public ones."""
-    return caller is None or row.account_id is None or row.account_id == caller
-
-
 def writable(row: Template, caller: str | None) -> bool:
     return caller is None or row.account_id == caller
-
-
-def _only(part: str, value: str) -> engine.Content:
-    # One part at a time, so an error names its part and the preview is rendered as html.
-    if part == "subject":
-        return engine.Content(subject=value, text=None, html=None)
-    if part == "text":
-        return engine.Content(subject=None, text=value, html=None)
-    return engine.Content(subject=None, text=None, html=value)
 
 
 def check(content: dict[str, Any]) -> None:
@@ -66,60 +55,32 @@ def check(content: dict[str, Any]) -> None:
         if not value:
             continue
         try:
-            engine.check(_only(part, value))
+            engine.check(shared.part_content(part, value))
         except engine.RenderError as exc:
             raise invalid(f"content.{part}", str(exc.message)) from exc
 
 
-def _render_part(part: str, value: str, fmt: str, context: dict[str, Any]) -> str:
-    markup: Literal["html", "markdown"] = "markdown" if part == "html" and fmt == "markdown" else "html"
-    rendered = engine.render(_only(part, value), markup, context)
-    out = getattr(rendered, _ATTRS[part] if part != "previewText" else "html")
-    return str(out or "")
+def _failed(exc: engine.RenderError, field_prefix: str = "") -> ApiError:
+    # EmailEngine's 422 ``Failed rendering <part> template``.
+    return ApiError(422, f"Failed rendering {exc.part} template: {exc.message}", f"{field_prefix}{exc.part}",
+                    code="SubmitFail")
 
 
 def render_parts(content: dict[str, Any], fmt: str, context: dict[str, Any],
                  field_prefix: str = "") -> dict[str, str]:
     """Every given part rendered; a failure is EmailEngine's 422 ``Failed rendering <part> template``."""
-    out: dict[str, str] = {}
-    for part in PARTS:
-        value = content.get(part)
-        if value is None:
-            continue
-        try:
-            out[part] = _render_part(part, value, fmt, context)
-        except engine.RenderError as exc:
-            raise ApiError(422, f"Failed rendering {part} template: {exc.message}", f"{field_prefix}{part}",
-                           code="SubmitFail") from exc
-    return out
+    try:
+        return shared.render_parts(content, fmt, context)
+    except engine.RenderError as exc:
+        raise _failed(exc, field_prefix) from exc
 
 
 def context(account: Account, req: SubmitRequest | None, params: dict[str, Any],
             service_url: str | None, unsubscribe_url: str | None = None) -> dict[str, Any]:
-    rcpt: dict[str, Any] = {}
-    if req is not None:
-        to = as_list(req.to)
-        if to:
-            rcpt = {"address": to[0].address, "name": to[0].name}
-    if unsubscribe_url is not None:
-        rcpt["unsubscribeUrl"] = unsubscribe_url
-    return {"params": params, "account": {"name": account.name, "email": account.email},
-            "service": {"url": service_url}, "rcpt": rcpt}
-
-
-_BODY = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
-
-
-def with_preview(html: str, preview: str) -> str:
-    """EmailEngine's preheader: a hidden block right after ``<body>`` (or first), padded with spacers."""
-    block = ('<!--[if !gte mso 9]><!----><div style="display:none !important;max-height:0px;max-width:1px;'
-             'font-size:1px;line-height:1px;opacity:0.0;mso-hide:all;overflow:hidden !important;'
-             f'visibility:hidden !important;">{preview} {"&#8199;&#65279;&#847; " * 100}</div>'
-             "<!--<![endif]-->")
-    found = _BODY.search(html)
-    if found is None:
-        return f"{block}\n{html}"
-    return f"{html[:found.end()]}\n{block}{html[found.end():]}"
+    to = as_list(req.to) if req is not None else []
+    return shared.context(params=params, account_name=account.name, account_email=account.email,
+                          service_url=service_url, rcpt_address=to[0].address if to else None,
+                          rcpt_name=to[0].name if to else None, unsubscribe_url=unsubscribe_url)
 
 
 def render_options(req: SubmitRequest) -> tuple[bool, str | None, dict[str, Any]]:
@@ -134,8 +95,8 @@ def render_options(req: SubmitRequest) -> tuple[bool, str | None, dict[str, Any]
 
 async def load(session: AsyncSession, template_id: str, account: str) -> Template:
     """The submit's template: the account's own or a public one, else 404 TemplateNotFound."""
-    row = await session.get(Template, template_id)
-    if row is None or not visible(row, account):
+    row = await shared.load(session, template_id, account)
+    if row is None:
         raise ApiError(404, f"Requested template was not found [{template_id}]", "template",
                        code="TemplateNotFound")
     return row
@@ -155,29 +116,27 @@ def apply(req: SubmitRequest, template: Template | None, account: Account,
     asked = asked or unsubscribe_url is not None
     if template is None and not asked and not req.preview_text:
         return req  # the hot path: nothing to fill in or render
-    parts: dict[str, Any] = {p: getattr(req, _ATTRS[p]) for p in PARTS}
-    if template is not None:
-        for part in PARTS:
-            if template.content.get(part) is not None:
-                parts[part] = template.content[part]
-        fmt = template.format
-        asked = True
-    if asked:
-        parts = {**parts, **render_parts(parts, fmt or "html",
-                                         context(account, req, params, service_url, unsubscribe_url))}
-    html, preview = parts["html"], parts["previewText"]
-    if preview and html:
-        html = with_preview(html, preview)
-    return msgspec.structs.replace(req, subject=parts["subject"], text=parts["text"], html=html,
+    parts = {p: getattr(req, _ATTRS[p]) for p in PARTS}
+    try:
+        filled = shared.fill(parts, template, fmt=fmt, render_parts_too=asked,
+                             ctx=context(account, req, params, service_url, unsubscribe_url))
+    except engine.RenderError as exc:
+        raise _failed(exc) from exc
+    if filled.css_error is not None:
+        log.warning("template %s sent un-inlined: %s", template.id if template else None, filled.css_error)
+    return msgspec.structs.replace(req, subject=filled.subject, text=filled.text, html=filled.html,
                                    preview_text=None, template=None, render=None)
 
 
 def validate(row: Template, params: dict[str, Any], account: Account | None,
              service_url: str | None) -> ValidateResponse:
-    """Postmark's idea: every part rendered (or its error) and the suggested model; nothing sent."""
-    ctx = {"params": params, "account": {"name": account.name if account else None,
-                                         "email": account.email if account else None},
-           "service": {"url": service_url}, "rcpt": {}}
+    """Postmark's idea: every part rendered (or its error) and the suggested model; nothing sent.
+
+    With ``inlineCss`` the html is shown inlined, as it would be sent; a CSS failure is a
+    ``warning`` on the html (the send would go out un-inlined), not an invalid template.
+    """
+    ctx = shared.context(params=params, account_name=account.name if account else None,
+                         account_email=account.email if account else None, service_url=service_url)
     results: dict[str, PartResult | None] = {}
     for part in PARTS:
         value = row.content.get(part)
@@ -185,9 +144,15 @@ def validate(row: Template, params: dict[str, Any], account: Account | None,
             results[part] = None
             continue
         try:
-            results[part] = PartResult(valid=True, rendered=_render_part(part, value, row.format, ctx))
+            rendered = shared.render_part(part, value, row.format, ctx)
         except engine.RenderError as exc:
             results[part] = PartResult(valid=False, error=str(exc.message))
+            continue
+        warning = None
+        if part == "html" and row.inline_css and rendered:
+            inlined = inline_css(rendered)
+            rendered, warning = inlined.html, inlined.error
+        results[part] = PartResult(valid=True, rendered=rendered, warning=warning)
     content = row.content
     try:
         suggested = engine.variables(engine.Content(

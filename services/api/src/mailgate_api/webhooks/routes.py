@@ -52,6 +52,7 @@ class WebhookController(Controller):
                 accounts=data.accounts,
                 headers=headers,
                 enabled=data.enabled,
+                exclude_machine=data.exclude_machine,
                 secret=service.seal(res.sealer, secret),
             )
             session.add(row)
@@ -99,6 +100,8 @@ class WebhookController(Controller):
                 row.headers = service.check_headers(data.headers)
             if data.enabled is not None:
                 row.enabled = data.enabled
+            if data.exclude_machine is not None:
+                row.exclude_machine = data.exclude_machine
             await service.refresh(session, row)
             return service.endpoint_view(row)
 

@@ -22,6 +22,8 @@ class EndpointCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, r
     accounts: list[str] | None = None
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     enabled: bool = True
+    # Opens and clicks flagged as machine-made (Apple MPP, link scanners...) are not sent here.
+    exclude_machine: bool = False
 
 
 class EndpointUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, rename="camel"):
@@ -33,6 +35,7 @@ class EndpointUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, r
     accounts: list[str] | None = None
     headers: dict[str, str] | None = None
     enabled: bool | None = None
+    exclude_machine: bool | None = None
 
 
 class EndpointView(msgspec.Struct, kw_only=True, rename="camel"):
@@ -44,6 +47,7 @@ class EndpointView(msgspec.Struct, kw_only=True, rename="camel"):
     accounts: list[str] | None
     headers: dict[str, str]
     enabled: bool
+    exclude_machine: bool
     # active | disabled | failing (backed off as a whole until backoffUntil)
     status: str
     consecutive_failures: int

@@ -90,6 +90,7 @@ def view(row: WebhookEndpoint) -> dict[str, Any]:
         accounts=list(row.accounts) if row.accounts is not None else None,
         headers=dict(row.headers or {}),
         enabled=row.enabled,
+        exclude_machine=bool(row.exclude_machine),
         status=status_of(row),
         consecutive_failures=row.consecutive_failures,
         failing_since=events.iso(row.failing_since),
