@@ -16,7 +16,6 @@ from html import unescape
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
-import asyncpg
 import httpx
 
 from mailgate_common.db import Database
@@ -25,17 +24,6 @@ from mailgate_common.outbox import HeldBack, NewMessage, Outbox, Queued
 from mailgate_common.tracking.tokens import Signer
 from tests.support.smtp_sink import Received, SmtpSink
 from tests.support.stack import Stack, wait_for
-
-
-def sql(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        connection = await asyncpg.connect(stack.database_url.replace("+asyncpg", ""))
-        try:
-            return list(await connection.fetch(query, *args))
-        finally:
-            await connection.close()
-
-    return asyncio.run(run())
 
 
 def outbox_total(api: httpx.Client, account: str) -> int:
@@ -179,10 +167,10 @@ def test_suppressed_and_unsubscribed_recipients_are_skipped_and_bad_entries_fail
                                  f"Left-{tag}@Example.net", f"bad-{tag}@@example.net")
     api.post(f"/v1/account/{account}/suppressions", json={"address": suppressed, "reason": "complained"}
              ).raise_for_status()
-    sql(stack, "INSERT INTO blocklist_entries (list_id, address, account_id, reason, source) "
+    stack.rows("INSERT INTO blocklist_entries (list_id, address, account_id, reason, source) "
                "VALUES ($1, $2, $3, 'unsubscribe', 'api')", list_id, left.lower(), account)
     # Another list's unsubscribe does not skip anyone here.
-    sql(stack, "INSERT INTO blocklist_entries (list_id, address, reason) VALUES ('other-list', $1, 'unsubscribe')",
+    stack.rows("INSERT INTO blocklist_entries (list_id, address, reason) VALUES ('other-list', $1, 'unsubscribe')",
         ok)
     response = merge(api, account, [{"to": {"address": a}, "params": {"n": a}} for a in (ok, suppressed, left, bad)],
                      subject="Weekly", html="<p>{{params.n}}</p>", listId=list_id)
@@ -232,7 +220,7 @@ def test_list_headers_signed_unsubscribe_url_in_the_body_and_tracking_options(
     assert text.get_content().strip() == f"Leave: {https}"
     # Escaped as handlebars.js escapes {{...}} in html; a browser reads the same URL.
     assert f'href="{https}"' in unescape(html.get_content())
-    [row] = sql(stack, "SELECT options FROM outbox WHERE id = $1", result["queueId"])
+    [row] = stack.rows("SELECT options FROM outbox WHERE id = $1", result["queueId"])
     options = json.loads(row["options"])
     # trackingEnabled fills in only the flag the request left out.
     assert options == {"listId": "digest", "baseUrl": "https://track.example.com", "trackOpens": True,
@@ -255,7 +243,7 @@ def test_tracking_flags_of_a_single_submit_reach_the_outbox_row(api: httpx.Clien
             **fields})
         assert response.status_code == 200, response.text
         queue_id = response.json()["queueId"]
-        [row] = sql(stack, "SELECT options FROM outbox WHERE id = $1", queue_id)
+        [row] = stack.rows("SELECT options FROM outbox WHERE id = $1", queue_id)
         assert json.loads(row["options"]) == expected, fields
         api.delete(f"/v1/outbox/{queue_id}")
 
@@ -344,6 +332,6 @@ def test_enqueue_many_commits_what_its_guard_allows_and_wakes_the_sender_once(
     assert isinstance(first, Queued) and isinstance(second, Queued)
     assert held == HeldBack({blocked: "bounced"})
     assert wakeups == 1
-    rows = sql(stack, "SELECT envelope_to FROM outbox WHERE id = ANY($1::text[])",
+    rows = stack.rows("SELECT envelope_to FROM outbox WHERE id = ANY($1::text[])",
                [first.queue_id, second.queue_id])
     assert sorted(r["envelope_to"][0] for r in rows) == [f"a-{tag}@example.net", f"b-{tag}@example.net"]

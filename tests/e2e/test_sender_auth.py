@@ -8,7 +8,6 @@ Real servers: the shared stack, an aiosmtpd relay that offers no AUTH, the sink 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import time
@@ -35,14 +34,6 @@ def relay() -> Iterator[SmtpSink]:
     sink.stop()
 
 
-def _query(stack: Stack, sql: str, *args: object) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(stack.database_url.replace("+asyncpg", ""))
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
-    return asyncio.run(run())
 
 
 def _account(api: httpx.Client, port: int, password: str = PASSWORD.decode(), **smtp: Any) -> str:
@@ -57,12 +48,12 @@ def _account(api: httpx.Client, port: int, password: str = PASSWORD.decode(), **
 
 
 def _attempts(stack: Stack, queue_id: str) -> list[asyncpg.Record]:
-    return _query(stack, "SELECT attempt, outcome, authenticated, error FROM delivery_attempts "
+    return stack.rows("SELECT attempt, outcome, authenticated, error FROM delivery_attempts "
                          "WHERE queue_id = $1 ORDER BY attempt", queue_id)
 
 
 def _smtp_status(stack: Stack, account: str) -> dict[str, Any] | None:
-    [row] = _query(stack, "SELECT extra -> 'smtpStatus' AS status FROM accounts WHERE id = $1", account)
+    [row] = stack.rows("SELECT extra -> 'smtpStatus' AS status FROM accounts WHERE id = $1", account)
     status: dict[str, Any] | None = json.loads(row["status"]) if row["status"] else None
     return status
 

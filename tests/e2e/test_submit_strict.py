@@ -8,7 +8,6 @@ the sender; replies quote the original when ``inline`` asks for it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import email
 import email.policy
@@ -19,7 +18,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
@@ -38,15 +36,6 @@ def total(api: httpx.Client, account: str) -> int:
     return answer
 
 
-def sql(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        connection = await asyncpg.connect(stack.database_url.replace("+asyncpg", ""))
-        try:
-            return list(await connection.fetch(query, *args))
-        finally:
-            await connection.close()
-
-    return asyncio.run(run())
 
 
 UNSUPPORTED: list[tuple[dict[str, Any], str]] = [
@@ -148,7 +137,7 @@ def test_dsn_gateway_and_sent_mail_path_are_stored_for_the_sender(
     api: httpx.Client, account: str, stack: Stack, smtp_sink: SmtpSink
 ) -> None:
     gateway = f"gw-{uuid.uuid4().hex[:8]}"
-    sql(stack, "INSERT INTO gateways (id, name, host, port) VALUES ($1, 'test', '127.0.0.1', $2)",
+    stack.rows("INSERT INTO gateways (id, name, host, port) VALUES ($1, 'test', '127.0.0.1', $2)",
         gateway, smtp_sink.port)
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     body = {
@@ -160,7 +149,7 @@ def test_dsn_gateway_and_sent_mail_path_are_stored_for_the_sender(
     response = api.post(f"/v1/account/{account}/submit", json=body)
     assert response.status_code == 200, response.text
     queue_id = response.json()["queueId"]
-    [row] = sql(stack, "SELECT options FROM outbox WHERE id = $1", queue_id)
+    [row] = stack.rows("SELECT options FROM outbox WHERE id = $1", queue_id)
     options = json.loads(row["options"]) if isinstance(row["options"], str) else row["options"]
     assert options == {
         "dsn": {"id": "order-4815-notify", "return": "headers", "notify": ["failure"],

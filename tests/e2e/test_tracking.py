@@ -14,7 +14,6 @@ from email.message import EmailMessage
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import asyncpg
 import httpx
 import pytest
 
@@ -82,14 +81,6 @@ def via(url: str, base: str) -> str:
     return f"{base}{parts.path}?{parts.query}"
 
 
-def db_rows(stack: Stack, sql: str, *args: Any) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(stack.database_url.replace("+asyncpg", ""))
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
-    return asyncio.run(run())
 
 
 def hooks_of(receiver: WebhookReceiver, message_id: str) -> list[dict[str, Any]]:
@@ -131,7 +122,7 @@ def test_tracked_message_from_delivery_to_webhooks(
     assert open_url.startswith(f"{stack.api_url}/open.gif?")
     assert page.index(open_url.replace("&", "&amp;")) < page.index("</body>")
     # The stored body is the submitted one.
-    [(stored,)] = db_rows(stack, "SELECT raw FROM outbox WHERE id = $1", queue_id)
+    [(stored,)] = stack.rows("SELECT raw FROM outbox WHERE id = $1", queue_id)
     assert b"open.gif" not in stored and b"/redirect?" not in stored and b"data-notrack" in stored
 
     click_url = hrefs[0]
@@ -181,7 +172,7 @@ def test_tracked_message_from_delivery_to_webhooks(
     assert stored_for_people["total"] == 3
     assert all(not h["data"]["machine"] for h in people_hooks)
 
-    rows = db_rows(stack, "SELECT kind, machine, machine_reason, first FROM tracking_events WHERE queue_id = $1 "
+    rows = stack.rows("SELECT kind, machine, machine_reason, first FROM tracking_events WHERE queue_id = $1 "
                           "ORDER BY id", queue_id)
     assert [tuple(r) for r in rows] == [("click", True, "prefetch_timing", False), ("open", False, None, True),
                                         ("open", False, None, False), ("click", False, None, False),
@@ -219,7 +210,7 @@ def test_bad_links_are_refused_and_head_counts_nothing(
     assert head_click.headers["location"] == "https://shop.example/orders?id=7&lang=en"
     assert httpx.head(f"{base}/redirect?data={evil}&sig={sig}").status_code == 403
 
-    assert db_rows(stack, "SELECT id FROM tracking_events WHERE queue_id = $1", queue_id) == []
+    assert stack.rows("SELECT id FROM tracking_events WHERE queue_id = $1", queue_id) == []
 
     # Genuinely signed, but not an http(s) destination: refused all the same.
     signer = Signer(stack.env["MAILGATE_SECRET"])
@@ -230,7 +221,7 @@ def test_bad_links_are_refused_and_head_counts_nothing(
     hand_made = signer.open_url(base, account=account, queue_id=None, message_id=message_id, recipient=None)
     assert httpx.get(hand_made).status_code == 200
     assert httpx.get(hand_made).status_code == 200
-    rows = db_rows(stack, "SELECT first FROM tracking_events WHERE message_id = $1 ORDER BY id", message_id)
+    rows = stack.rows("SELECT first FROM tracking_events WHERE message_id = $1 ORDER BY id", message_id)
     assert [r["first"] for r in rows] == [True, False]
 
 
@@ -273,7 +264,7 @@ def test_tracking_privacy_keeps_only_the_verdicts(
     data = hook["data"]
     assert data["remoteAddress"] is None and data["userAgent"] is None
     assert data["machine"] is True and data["machineReason"] == "apple_mpp" and data["firstOpen"] is True
-    [row] = db_rows(stack, "SELECT remote_address, user_agent, machine_reason FROM tracking_events "
+    [row] = stack.rows("SELECT remote_address, user_agent, machine_reason FROM tracking_events "
                            "WHERE queue_id = $1", queue_id)
     assert tuple(row) == (None, None, "apple_mpp")
 
@@ -303,5 +294,5 @@ def test_concurrent_opens_have_exactly_one_first(stack: Stack, account: str) -> 
         return [r.status_code for r in responses]
 
     assert asyncio.run(fetch_all()) == [200] * 8
-    rows = db_rows(stack, "SELECT first FROM tracking_events WHERE queue_id = $1", queue_id)
+    rows = stack.rows("SELECT first FROM tracking_events WHERE queue_id = $1", queue_id)
     assert len(rows) == 8 and sum(r["first"] for r in rows) == 1

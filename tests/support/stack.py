@@ -8,6 +8,7 @@ console script, exactly as an operator would.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 BIN = Path(sys.executable).parent
@@ -160,6 +162,16 @@ class Stack:
             _psql(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
         finally:
             _rabbitmqctl("delete_vhost", self.vhost)
+
+    def rows(self, query: str, *args: object) -> list[asyncpg.Record]:
+        """Run one SQL statement against this stack's database: what a test checks there."""
+        async def run() -> list[asyncpg.Record]:
+            conn = await asyncpg.connect(self.database_url.replace("+asyncpg", ""))
+            try:
+                return list(await conn.fetch(query, *args))
+            finally:
+                await conn.close()
+        return asyncio.run(run())
 
     # --- services ---------------------------------------------------------
 

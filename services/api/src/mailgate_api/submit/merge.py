@@ -147,17 +147,11 @@ async def _shared(account: str, data: SubmitRequest, res: Resources) -> Shared:
     options = service.local_options(data)
     if data.list_id is not None:
         options["listId"] = data.list_id
-    template = original = None
     blocked: dict[str, str] = {}
     service_url = None
     watched = False
     async with res.db.sessions() as session:
-        if data.gateway is not None:
-            await service.check_gateway(session, data.gateway)
-        if data.template is not None:
-            template = await templates.load(session, data.template, account)
-        if data.reference is not None:
-            original = await reference.resolve(session, res.bus, account, data, res.settings.imap_fetch_timeout)
+        template, original = await service.related(session, res, account, data)
         if data.list_id is not None:
             blocked = await blocklist.blocked(session, data.list_id, addresses)
             # A send-only account's imap is JSON null (see the stats route), not SQL NULL.

@@ -56,13 +56,7 @@ async def submit(
     # Most submits need no lookup: they must not pay for a session (the hot path).
     if data.gateway is not None or data.reference is not None or data.template is not None:
         async with res.db.sessions() as session:
-            if data.gateway is not None:
-                await service.check_gateway(session, data.gateway)
-            if data.template is not None:
-                template = await templates.load(session, data.template, account)
-            if data.reference is not None:
-                original = await reference.resolve(session, res.bus, account, data,
-                                                   res.settings.imap_fetch_timeout)
+            template, original = await service.related(session, res, account, data)
     # Rendered before composing: a part that fails to render queues nothing (422).
     data = templates.apply(data, template, row, res.settings.service_url)
     new = service.compose(row, data, res.settings.delivery_attempts, res.settings.max_message_size, original)

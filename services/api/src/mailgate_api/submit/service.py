@@ -15,8 +15,9 @@ from mailgate_api.deps import Resources
 from mailgate_api.errors import ApiError, invalid, not_found
 from mailgate_api.submit import reference
 from mailgate_api.suppression.service import screen
+from mailgate_api.templates import service as templates
 from mailgate_common import blocklist, events
-from mailgate_common.db.models import Account, Gateway
+from mailgate_common.db.models import Account, Gateway, Template
 from mailgate_common.mime import InvalidMessage, build_message, normalize_address, prepare_raw
 from mailgate_common.outbox import (
     AccountCannotSend,
@@ -86,6 +87,20 @@ async def check_gateway(session: AsyncSession, gateway: str) -> None:
     """A submit naming a gateway that does not exist is refused, never sent another way."""
     if await session.scalar(select(Gateway.id).where(Gateway.id == gateway)) is None:
         raise not_found("Gateway", "gateway")
+
+
+async def related(session: AsyncSession, res: Resources, account: str, req: SubmitRequest
+                  ) -> tuple[Template | None, reference.Original | None]:
+    """What the submit names besides itself: (its template, the referenced message), each None
+    when not asked for; an unknown gateway or template is refused (404)."""
+    template = original = None
+    if req.gateway is not None:
+        await check_gateway(session, req.gateway)
+    if req.template is not None:
+        template = await templates.load(session, req.template, account)
+    if req.reference is not None:
+        original = await reference.resolve(session, res.bus, account, req, res.settings.imap_fetch_timeout)
+    return template, original
 
 
 def local_options(req: SubmitRequest) -> dict[str, Any]:
