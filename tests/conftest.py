@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.dns_server import DnsServer
 from tests.support.dovecot import Dovecot
 from tests.support.otlp_collector import OtlpCollector
 from tests.support.smtp_sink import SmtpSink
@@ -81,9 +82,19 @@ def otlp_collector() -> Iterator[OtlpCollector]:
 
 
 @pytest.fixture(scope="session")
+def dns_server() -> Iterator[DnsServer]:
+    """The zones the services' SPF, DKIM and DMARC lookups see."""
+    server = DnsServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, webhook_receiver: WebhookReceiver,
-          otlp_collector: OtlpCollector) -> Iterator[Stack]:
+          otlp_collector: OtlpCollector, dns_server: DnsServer) -> Iterator[Stack]:
     stack = Stack(tmp_path_factory.mktemp("stack"))
+    stack.env["MAILGATE_DNS_SERVERS"] = dns_server.address
     # Every service exports its spans, so a test can follow one message's trace.
     stack.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_collector.url
     stack.env["OTEL_BSP_SCHEDULE_DELAY"] = "200"

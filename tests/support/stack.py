@@ -145,6 +145,8 @@ class Stack:
         }
         self.services: dict[str, Service] = {}
         self.smtp_port = 0  # set when smtp-ingress is added
+        # The MX door (smtp-ingress's second listener) of the default smtp-ingress.
+        self.mx_port = free_port()
 
     # --- infrastructure ---------------------------------------------------
 
@@ -206,9 +208,13 @@ class Stack:
                             "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
                            check=True, capture_output=True)
         port = free_port()
+        mx: dict[str, str] = {}
         if name == "smtp-ingress":
             self.smtp_port = port
+            mx = {"MAILGATE_MX_HOST": "127.0.0.1", "MAILGATE_MX_PORT": str(self.mx_port),
+                  "MAILGATE_MX_HOSTNAME": "mx.mailgate.test"}
         return self.add_worker(name, "mailgate-smtp-ingress", {
+            **mx,
             "MAILGATE_SMTP_PORT": str(port),
             "MAILGATE_SMTP_TLS_CERT": str(cert),
             "MAILGATE_SMTP_TLS_KEY": str(key),

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from standardwebhooks.webhooks import Webhook
 
 from mailgate_common.settings import Settings
+from mailgate_common.webhook_signing import signed_headers
 from mailgate_webhooks import retry
-from mailgate_webhooks.signing import signed_headers
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
 S = Settings()

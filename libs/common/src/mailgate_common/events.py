@@ -547,6 +547,34 @@ class ListSubscribe(ListUnsubscribe, kw_only=True, frozen=True, tag="message.lis
     webhook_event: ClassVar[str | None] = "listSubscribe"
 
 
+# --- inbound mail (smtp-ingress's MX door) -----------------------------------
+
+
+class InboundMessage(Event, kw_only=True, frozen=True, tag="inbound.message"):
+    """A received message a route sends to webhook endpoints: one event per route.
+
+    It names, and does not carry, the message: the webhooks service renders the
+    ``inboundMessage`` body from the stored row (``inbound_messages``) with
+    ``mailgate_common.inbound.payload`` (``payload``: "json", EmailEngine's
+    messageNew shape plus envelope and verdicts, or "raw", the MIME itself).  It
+    is delivered to ``endpoints`` only (``/v1/webhooks`` ids), whatever their
+    event filters say, and never to the settings or account webhook URLs.
+    """
+
+    webhook_event: ClassVar[str | None] = "inboundMessage"
+    message: str  # inbound_messages.id
+    route: str  # inbound_routes.id
+    route_name: str
+    recipients: list[str]  # the envelope recipients this route took
+    endpoints: list[str]
+    payload: Literal["json", "raw"] = "json"
+
+    def webhook_data(self) -> dict[str, Any]:
+        # Only what the event knows; the webhooks service renders the full body.
+        return {"id": self.message, "route": {"id": self.route, "name": self.route_name},
+                "recipients": list(self.recipients)}
+
+
 AnyEvent = (
     SubmissionQueued
     | AccountChanged
@@ -570,6 +598,7 @@ AnyEvent = (
     | TrackClick
     | ListUnsubscribe
     | ListSubscribe
+    | InboundMessage
 )
 
 _encoder = msgspec.json.Encoder()
@@ -608,6 +637,7 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     TrackClick,
     ListUnsubscribe,
     ListSubscribe,
+    InboundMessage,
 )
 
 # EmailEngine webhook names subscribers may filter on (settings.webhookEvents).
@@ -626,6 +656,7 @@ WEBHOOK_EVENT_NAMES: tuple[str, ...] = (
     "trackClick",
     "listUnsubscribe",
     "listSubscribe",
+    "inboundMessage",
     "accountAdded",
     "accountDeleted",
     "authenticationError",

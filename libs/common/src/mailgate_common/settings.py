@@ -20,6 +20,7 @@ DEFAULT_SECRET = "mailgate-development-secret-change-me"
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
@@ -208,6 +209,27 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # one Python process uses one core, and the kernel spreads connections among
     # them.  Off by default, so a second copy started by mistake fails to bind.
     smtp_reuse_port: bool = False
+
+    # MX door (smtp-ingress's second listener, for mail from the internet to inbound
+    # routes): off unless MAILGATE_MX_PORT is set (25 in production).  No AUTH;
+    # only recipients a route accepts; STARTTLS with the submission door's certificate.
+    mx_host: str = "127.0.0.1"
+    mx_port: Port = 0
+    # The hostname in the MX door's greeting and in Authentication-Results (default: smtp_hostname).
+    mx_hostname: str | None = None
+    # Largest message when the route says nothing (Postal's default: 14 MB).
+    mx_max_size: PositiveInt = 14 * 1024 * 1024
+    # Per remote IP and per MAIL FROM: messages per minute the door accepts (0: unlimited).
+    mx_rate_per_ip: NonNegativeInt = 120
+    mx_rate_per_sender: NonNegativeInt = 60
+    # Synchronous routes: how long the app may take to answer during the SMTP transaction.
+    mx_sync_timeout: PositiveFloat = 10.0
+    # Attachments up to this size ride in the inboundMessage body (base64); larger ones as an API URL.
+    inbound_inline_attachment_max: NonNegativeInt = 256 * 1024
+    # Nameservers for SPF, DKIM and DMARC lookups ("ip" or "ip:port", comma-separated); unset: the system's.
+    dns_servers: str | None = None
+    # rspamd's controller URL (e.g. http://127.0.0.1:11333): spam scoring; unset, payloads say "not checked".
+    rspamd_url: str | None = None
 
 
 class SettingsError(ValueError):

@@ -39,7 +39,7 @@ class ServiceQueue:
 
 
 SENDER = ServiceQueue("mailgate.sender", ("submission.queued",))
-WEBHOOKS = ServiceQueue("mailgate.webhooks", ("message.#", "account.#"))
+WEBHOOKS = ServiceQueue("mailgate.webhooks", ("message.#", "account.#", "inbound.#"))
 IMAP_SYNC = ServiceQueue("mailgate.imap-sync", ("account.changed", "imap.#"))
 
 QUEUES: tuple[ServiceQueue, ...] = (SENDER, WEBHOOKS, IMAP_SYNC)

@@ -38,8 +38,8 @@ from mailgate_common import urls
 from mailgate_common.settings import Settings
 from mailgate_common.telemetry import current_traceparent
 from mailgate_common.text import clean_text
+from mailgate_common.webhook_signing import signed_headers
 from mailgate_webhooks.jobs import Target
-from mailgate_webhooks.signing import signed_headers
 
 MAX_BODY_EXCERPT = 2048
 USER_AGENT = "mailgate-webhooks/0.1"

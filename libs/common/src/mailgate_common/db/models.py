@@ -523,3 +523,50 @@ class TrackingEvent(Base):
     remote_address: Mapped[str | None]
     user_agent: Mapped[str | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class InboundRoute(Base):
+    """What the MX door accepts and what happens to it (0013; see mailgate_common.inbound.routes)."""
+
+    __tablename__ = "inbound_routes"
+    __table_args__ = (Index("inbound_routes_order", "priority", "created_at"),)
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str]
+    description: Mapped[str | None]
+    enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    priority: Mapped[int] = mapped_column(Integer, server_default="100")
+    match: Mapped[dict[str, Any]]
+    domain: Mapped[str | None]  # lower-cased; None for a regex route
+    actions: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    max_size: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class InboundMessage(Base):
+    """A message the MX door accepted, committed before its 250 (0013)."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (
+        Index("inbound_messages_received", "received_at"),
+        Index("inbound_messages_held", "received_at", postgresql_where=text("held")),
+    )
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    remote_ip: Mapped[str | None]
+    helo: Mapped[str | None]
+    mail_from: Mapped[str] = mapped_column(server_default="")
+    rcpt_to: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    tls: Mapped[str | None]
+    size: Mapped[int] = mapped_column(Integer)
+    message_id: Mapped[str | None]
+    subject: Mapped[str | None]
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    auth: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    spam: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    automated: Mapped[str | None]
+    deliveries: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    held: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))

@@ -1,4 +1,5 @@
-"""Webhook signatures, verifiable by EmailEngine clients and Standard Webhooks libraries.
+"""Webhook signatures, verifiable by EmailEngine clients and Standard Webhooks libraries (shared:
+the webhooks service signs every delivery, the MX door signs its synchronous route calls).
 
 * ``X-EE-Wh-Signature``: base64url (no padding) HMAC-SHA256 of the raw body,
   keyed with the secret string as EmailEngine does (the endpoint's secret,
