@@ -19,6 +19,7 @@ from bench.scenarios import (
     drain,
     end_to_end,
     imap,
+    inbound,
     memory,
     merge,
     rest_submit,
@@ -38,6 +39,7 @@ SCENARIOS = {
     "webhooks": webhooks.run,
     "imap": imap.run,
     "merge": merge.run,
+    "inbound": inbound.run,
 }
 RESULTS = Path(__file__).parent / "results"
 

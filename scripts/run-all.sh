@@ -12,6 +12,9 @@ if [[ -z "${MAILGATE_SMTP_TLS_CERT:-}" ]]; then
 fi
 # Local development: let a webhook receiver on localhost work out of the box.
 export MAILGATE_WEBHOOKS_ALLOW_PRIVATE=${MAILGATE_WEBHOOKS_ALLOW_PRIVATE:-true}
+# The MX door (inbound routes) on loopback, so the README's swaks walkthrough works locally.
+export MAILGATE_MX_HOST=${MAILGATE_MX_HOST:-127.0.0.1}
+export MAILGATE_MX_PORT=${MAILGATE_MX_PORT:-2526}
 
 services=(api smtp-ingress sender webhooks imap-sync)
 colors=(32 36 33 35 34)
@@ -37,6 +40,6 @@ for i in "${!services[@]}"; do
 done
 sleep 2
 echo
-echo "mailgate is running: API http://${MAILGATE_API_HOST:-127.0.0.1}:${MAILGATE_API_PORT:-3000} (docs at /docs), SMTP ${MAILGATE_SMTP_HOST:-127.0.0.1}:${MAILGATE_SMTP_PORT:-2525}. Ctrl-C stops."
+echo "mailgate is running: API http://${MAILGATE_API_HOST:-127.0.0.1}:${MAILGATE_API_PORT:-3000} (docs at /docs), SMTP ${MAILGATE_SMTP_HOST:-127.0.0.1}:${MAILGATE_SMTP_PORT:-2525}, MX door ${MAILGATE_MX_HOST}:${MAILGATE_MX_PORT}. Ctrl-C stops."
 wait -n "${pids[@]}" || true
 stop

@@ -211,7 +211,9 @@ class Stack:
         mx: dict[str, str] = {}
         if name == "smtp-ingress":
             self.smtp_port = port
+            # Unlimited rates: a test session sends every message from 127.0.0.1.
             mx = {"MAILGATE_MX_HOST": "127.0.0.1", "MAILGATE_MX_PORT": str(self.mx_port),
+                  "MAILGATE_MX_RATE_PER_IP": "0", "MAILGATE_MX_RATE_PER_SENDER": "0",
                   "MAILGATE_MX_HOSTNAME": "mx.mailgate.test"}
         return self.add_worker(name, "mailgate-smtp-ingress", {
             **mx,

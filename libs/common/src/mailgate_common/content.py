@@ -82,7 +82,7 @@ def _is_body_text(part: Part) -> bool:
     return msg.get_content_disposition() != "attachment" and not msg.get_filename()
 
 
-def _decoded_text(part: Message) -> str:
+def decoded_text(part: Message) -> str:
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return ""
@@ -139,7 +139,7 @@ def text_bodies(message: Message) -> tuple[str | None, str | None]:
     for part in walk(message):
         if _is_body_text(part):
             target = html if part.part.get_content_subtype() == "html" else plain
-            target.append(_decoded_text(part.part))
+            target.append(decoded_text(part.part))
     return ("\n".join(plain) if plain else None), ("\n".join(html) if html else None)
 
 
@@ -154,7 +154,7 @@ def message_json(raw: bytes, message_id: str) -> dict[str, Any]:
         msg = part.part
         if _is_body_text(part):
             kind = "html" if msg.get_content_subtype() == "html" else "plain"
-            (html if kind == "html" else plain).append(_decoded_text(msg))
+            (html if kind == "html" else plain).append(decoded_text(msg))
             sizes[kind] += _encoded_size(msg)
             continue
         if msg.get_content_maintype() == "multipart":

@@ -11,7 +11,10 @@ jobs at once without holding long locks:
   ``outbox_retention_days``, and rate windows that ended a day ago;
 * imap-sync: bounce and complaint records after ``bounce_retention_days``
   (the suppressions they caused stay until removed);
-* webhooks: its delivery log (``webhook_retention_days``, see its maintenance).
+* webhooks: its delivery log (``webhook_retention_days``, see its maintenance);
+* smtp-ingress (the MX door): received messages (``inbound_messages``, their raw
+  MIME is most of the row) after ``inbound_retention_days``; held messages stay
+  until deleted or released.
 """
 
 from __future__ import annotations
@@ -73,6 +76,18 @@ DROP_BOUNCES_SQL = text(
     """
 )
 
+# Held messages wait for a person (GET / release / DELETE), whatever their age.
+DROP_INBOUND_SQL = text(
+    """
+    DELETE FROM inbound_messages
+    WHERE id IN (
+        SELECT id FROM inbound_messages
+        WHERE received_at < now() - make_interval(secs => :age) AND NOT held
+        LIMIT :batch
+        FOR UPDATE SKIP LOCKED)
+    """
+)
+
 DAY = 86400.0
 
 
@@ -101,6 +116,13 @@ async def prune_bounces(db: Database, settings: Settings) -> dict[str, int]:
     done = {"bounces": await _in_batches(db, DROP_BOUNCES_SQL, age=settings.bounce_retention_days * DAY)}
     if done["bounces"]:
         log.info("bounce retention: %d bounces", done["bounces"])
+    return done
+
+
+async def prune_inbound(db: Database, settings: Settings) -> dict[str, int]:
+    done = {"inbound": await _in_batches(db, DROP_INBOUND_SQL, age=settings.inbound_retention_days * DAY)}
+    if done["inbound"]:
+        log.info("inbound retention: %d received messages", done["inbound"])
     return done
 
 

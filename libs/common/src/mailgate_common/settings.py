@@ -96,6 +96,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     outbox_retention_days: PositiveFloat = 90.0
     # Days bounce and complaint records are kept (suppressions stay).
     bounce_retention_days: PositiveFloat = 180.0
+    # Days a message received at the MX door is kept; held ones stay until deleted or released.
+    inbound_retention_days: PositiveFloat = 7.0
     smtp_timeout: PositiveFloat = 30.0
     # Wait for the server's answer to the end of a message (RFC 5321 4.5.3.2.6: 10 minutes).
     smtp_data_timeout: PositiveFloat = 600.0

@@ -23,6 +23,7 @@ from mailgate_api.changes.routes import ChangesController
 from mailgate_api.deps import Resources
 from mailgate_api.errors import EXCEPTION_HANDLERS
 from mailgate_api.gateways.routes import GatewayController
+from mailgate_api.inbound.routes import InboundMessageController, InboundRouteController
 from mailgate_api.logs.routes import LogsController
 from mailgate_api.mailbox.routes import MailboxController
 from mailgate_api.outbox.routes import OutboxController
@@ -128,6 +129,8 @@ def create_app(settings: Settings) -> Litestar:
             TrackingController,
             UnsubscribeController,
             WebhookController,
+            InboundRouteController,
+            InboundMessageController,
             health.ready,
             health.live,
             health.metrics,

@@ -18,8 +18,7 @@ from base64 import b64decode
 from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.proxy_protocol import ProxyData
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from mailgate_common import events, suppression
 from mailgate_common.db import Database
@@ -37,6 +36,7 @@ from mailgate_common.telemetry import current_traceparent
 from mailgate_common.templates import apply as templates
 from mailgate_smtp_ingress import replies, templating
 from mailgate_smtp_ingress.auth import Authenticator, FailureThrottle, Identity, is_loopback
+from mailgate_smtp_ingress.hooks import ConnectionHooks, client_address
 from mailgate_smtp_ingress.message import Rejected, compose
 
 log = logging.getLogger("mailgate.smtp_ingress")
@@ -69,15 +69,6 @@ class Policy:
         )
 
 
-def client_address(session: Session) -> str:
-    """The real client: the PROXY header's source when present, else the TCP peer."""
-    proxy = session.proxy_data
-    if proxy is not None and proxy.src_addr is not None:
-        return str(proxy.src_addr)
-    peer = session.peer
-    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
-
-
 def envelope_address(field: str, address: str) -> str:
     """A MAIL/RCPT address as stored: valid syntax, IDN as punycode, valid UTF-8."""
     normalized = normalize_address(field, address)
@@ -87,25 +78,18 @@ def envelope_address(field: str, address: str) -> str:
     return normalized
 
 
-class IngressHandler:
+class IngressHandler(ConnectionHooks):
     def __init__(self, policy: Policy, db: Database, outbox: Outbox,
                  authenticator: Authenticator, throttle: FailureThrottle | None = None) -> None:
+        super().__init__()
         self.policy = policy
         self.db = db
         self.outbox = outbox
         self.suppressions = suppression.Lookups(db)
         self.authenticator = authenticator
         self.throttle = throttle or FailureThrottle(base=policy.auth_failure_delay)
-        self._queuing: set[asyncio.Task[str]] = set()
 
     # --- connection --------------------------------------------------------
-
-    async def handle_PROXY(self, server: SMTP, session: Session, envelope: Envelope,
-                           proxy_data: ProxyData) -> bool:
-        # aiosmtpd only calls this for a header it parsed as valid; anything else
-        # is dropped before the greeting.
-        log.debug("PROXY %s -> %s", proxy_data.src_addr, proxy_data.dst_addr)
-        return True
 
     def plaintext_auth_ok(self, session: Session) -> bool:
         """AUTH sends a reusable secret: only over TLS, on loopback, or when the operator says so."""
@@ -256,10 +240,7 @@ class IngressHandler:
                 return refused
         # Shielded: a client hanging up mid-commit must not cancel the transaction
         # halfway; the task finishes and stop() waits for it.
-        task = asyncio.ensure_future(self._queue(message, client_address(session)))
-        self._queuing.add(task)
-        task.add_done_callback(self._queuing.discard)
-        return await asyncio.shield(task)
+        return await self.shielded(self._queue(message, client_address(session)))
 
     async def _render(self, message: NewMessage, asked: templating.TemplateAsk) -> str | None:
         """Fill ``message`` from its template; the refusal's reply, or None when rendered."""
@@ -311,21 +292,3 @@ class IngressHandler:
         log.info("queued %s for account %s from %s (%d recipients)", queued.queue_id,
                  message.account_id, client, len(message.envelope_to))
         return replies.queued(queued.queue_id, queued.send_at)
-
-    async def handle_exception(self, error: Exception) -> str:
-        # Never leak internals into the reply (aiosmtpd's default echoes the exception).
-        if isinstance(error, TLSSetupException):
-            # The client's failed handshake; aiosmtpd closes the connection.
-            log.info("STARTTLS handshake failed: %r", error.__cause__)
-            return "454 4.7.0 TLS not available due to temporary reason"
-        if isinstance(error, UnicodeError):
-            # Undecodable bytes from the client (aiosmtpd fails echoing them back):
-            # the client's syntax error, not our failure, so no 4xx inviting retries.
-            return "500 5.5.2 Error: bad syntax"
-        log.exception("SMTP session error: %r", error)
-        return replies.INTERNAL
-
-    async def drain(self, grace: float) -> None:
-        """Let messages being committed finish before the process exits."""
-        if self._queuing:
-            await asyncio.wait(set(self._queuing), timeout=grace)

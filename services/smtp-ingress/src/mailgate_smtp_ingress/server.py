@@ -16,14 +16,14 @@ import socket
 import ssl
 import weakref
 from collections.abc import Callable
-from typing import Any, AnyStr, cast
+from dataclasses import dataclass
+from typing import Any, AnyStr, Protocol, cast
 
 from aiosmtpd.smtp import SMTP
 
 from mailgate_common.budget import Budget
 from mailgate_common.settings import Settings
 from mailgate_smtp_ingress import replies
-from mailgate_smtp_ingress.handler import IngressHandler
 from mailgate_smtp_ingress.replies import rewrite
 
 # aiosmtpd logs every command line at INFO on "mail.log", AUTH payloads
@@ -50,13 +50,19 @@ DATA_WAIT = 30.0
 _SIZE_OPTION = re.compile(r"SIZE=(\d+)", re.IGNORECASE)
 
 
-def declared_size(mail_options: list[str], limit: int) -> int:
-    """The SIZE= a client gave with MAIL FROM (capped at the limit), else the limit."""
+def size_option(mail_options: list[str]) -> int | None:
+    """The SIZE= a client gave with MAIL FROM (RFC 1870), None when it gave none."""
     for option in mail_options:
         found = _SIZE_OPTION.fullmatch(option)
         if found:
-            return min(int(found.group(1)), limit)
-    return limit
+            return int(found.group(1))
+    return None
+
+
+def declared_size(mail_options: list[str], limit: int) -> int:
+    """The SIZE= a client gave with MAIL FROM (capped at the limit), else the limit."""
+    declared = size_option(mail_options)
+    return limit if declared is None else min(declared, limit)
 
 
 class IngressSMTP(SMTP):
@@ -125,15 +131,42 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+class Handler(Protocol):
+    async def drain(self, grace: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class Door:
+    """One listening port of the service: the submission door, or the MX door."""
+
+    name: str
+    host: str
+    port: int
+    hostname: str | None  # the greeting's name; None: this machine's FQDN
+    max_message_size: int
+    protocol: type[IngressSMTP] = IngressSMTP
+    reuse_port: bool = False
+
+    @classmethod
+    def submission(cls, settings: Settings) -> Door:
+        return cls("submission", settings.smtp_host, settings.smtp_port, settings.smtp_hostname,
+                   settings.max_message_size, reuse_port=settings.smtp_reuse_port)
+
+
 class SmtpServer:
-    def __init__(self, settings: Settings, handler: IngressHandler) -> None:
+    """A door's listener.  Both doors share the certificate, the PROXY protocol setting and,
+    when given one, the data budget (memory is the process's, whichever door it arrives at)."""
+
+    def __init__(self, settings: Settings, handler: Handler, door: Door | None = None,
+                 data_budget: Budget | None = None) -> None:
         self.settings = settings
         self.handler = handler
+        self.door = door or Door.submission(settings)
         self.tls = tls_context(settings)
         self.server: asyncio.Server | None = None
         self.connections: weakref.WeakSet[IngressSMTP] = weakref.WeakSet()
         self.open_connections = 0
-        self.data_budget = Budget(settings.smtp_data_budget)
+        self.data_budget = data_budget or Budget(settings.smtp_data_budget)
 
     def _closed(self) -> None:
         self.open_connections -= 1
@@ -143,9 +176,9 @@ class SmtpServer:
         if self.open_connections >= s.smtp_max_connections:
             return _TooMany()
         self.open_connections += 1
-        protocol = IngressSMTP(
+        protocol = self.door.protocol(
             self.handler,
-            data_size_limit=s.max_message_size,
+            data_size_limit=self.door.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
             hostname=hostname,
@@ -167,15 +200,15 @@ class SmtpServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         # Resolved once: aiosmtpd would otherwise call getfqdn() (DNS) per connection.
-        hostname = self.settings.smtp_hostname
+        hostname = self.door.hostname
         if not hostname:
             hostname = str(await loop.run_in_executor(None, socket.getfqdn))
         self.server = await loop.create_server(
             lambda: self._protocol(hostname),
-            host=self.settings.smtp_host,
-            port=self.settings.smtp_port,
+            host=self.door.host,
+            port=self.door.port,
             reuse_address=True,
-            reuse_port=self.settings.smtp_reuse_port,
+            reuse_port=self.door.reuse_port,
         )
 
     def serving(self) -> bool:

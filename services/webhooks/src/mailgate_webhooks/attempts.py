@@ -1,5 +1,15 @@
 """One attempt of a claimed delivery: the POST, then the delivery's next state
-(delivered, retrying at a backed-off time, or failed once the window is spent)."""
+(delivered, retrying at a backed-off time, or failed once the window is spent).
+
+Status contract: any 2xx is delivered; anything else (and no answer) is retried
+until the retry window is spent, as EmailEngine does for every event.  The one
+exception is ``inboundMessage``: its receiver is the application a route hands
+mail to, and 406 (Not Acceptable: "I do not want this message") or 410 (Gone:
+"this recipient is no more") fail the delivery at once, with the reason
+recorded, and do not count against the endpoint's health: the endpoint
+answered, deliberately.  Other events keep EmailEngine's behaviour, which their
+subscribers were written for.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +31,16 @@ tracer = trace.get_tracer("mailgate.webhooks")
 
 WEBHOOK_ATTEMPTS = Counter("mailgate_webhook_attempts_total", "Webhook POSTs", ["result"])
 WEBHOOK_SECONDS = Histogram("mailgate_webhook_seconds", "Webhook POST latency")
+
+# Answers that end an inboundMessage delivery without a retry, and why.
+REFUSALS = {406: "refused by the endpoint (406 Not Acceptable): not retried",
+            410: "refused by the endpoint (410 Gone): not retried"}
+REFUSING_EVENTS = frozenset({"inboundMessage"})
+
+
+def refusal(event: str, status: int | None) -> str | None:
+    """The recorded reason when this answer ends the delivery without a retry."""
+    return REFUSALS.get(status or 0) if event in REFUSING_EVENTS else None
 
 
 def ee_headers(job: Job, now: datetime) -> dict[str, str]:
@@ -61,12 +81,17 @@ class Attempts:
         WEBHOOK_SECONDS.observe(duration)
         status = answer.status
         ok = status is not None and 200 <= status < 300
+        refused = refusal(job.event, status)
         error = answer.error if answer.error is not None or ok else f"HTTP {status}"
-        WEBHOOK_ATTEMPTS.labels("ok" if ok else "error").inc()
+        if refused is not None:
+            error = f"HTTP {status}: {refused}"
+        WEBHOOK_ATTEMPTS.labels("ok" if ok else "refused" if refused else "error").inc()
         now = events.utcnow()
         due = None
         if ok:
             state = lifecycle.WEBHOOK_DELIVERED
+        elif refused is not None:
+            state = lifecycle.WEBHOOK_FAILED
         else:
             settings = self.settings
             due = retry.next_attempt_at(attempt, job.retry_from, now, settings.webhook_retry_base,
@@ -78,5 +103,5 @@ class Attempts:
         return AttemptResult(
             job=job, state=state, attempt=attempt, status=status, error=error, excerpt=answer.excerpt,
             next_attempt_at=due, delivered_at=now if ok else None, duration_ms=int(duration * 1000),
-            started_at=started,
+            started_at=started, refused=refused is not None,
         )

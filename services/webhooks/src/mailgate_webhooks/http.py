@@ -40,6 +40,7 @@ from mailgate_common.telemetry import current_traceparent
 from mailgate_common.text import clean_text
 from mailgate_common.webhook_signing import signed_headers
 from mailgate_webhooks.jobs import Target
+from mailgate_webhooks.payload import unframe
 
 MAX_BODY_EXCERPT = 2048
 USER_AGENT = "mailgate-webhooks/0.1"
@@ -198,15 +199,18 @@ class WebhookClient:
     async def post(self, target: Target, event_id: str, payload: bytes,
                    extra: dict[str, str] | None = None) -> Answer:
         """POST once; never raises for anything the subscriber or the network does.
+        ``payload``: as stored (payload.frame names its media type when it is not JSON);
         ``extra``: headers about this attempt (EmailEngine's ``X-EE-Wh-*``)."""
         refusal = _static_refusal(target.url, self.allow_private)
         if refusal is not None:
             return Answer(None, f"refused: {refusal}", None)
         proxy = self.proxies.for_url(target.url)
+        media_type, body = unframe(payload)
         headers = {
             **target.headers,
             **(extra or {}),
-            **signed_headers(target.secret, event_id, int(time.time()), payload, target.previous_secret),
+            **signed_headers(target.secret, event_id, int(time.time()), body, target.previous_secret),
+            "content-type": media_type,
         }
         traceparent = current_traceparent()
         if traceparent:
@@ -217,7 +221,7 @@ class WebhookClient:
             async with asyncio.timeout_at(deadline):
                 if proxy is not None:
                     await urls.check_url(target.url, self.allow_private)
-                response = await self.session.post(target.url, data=payload, headers=headers,
+                response = await self.session.post(target.url, data=body, headers=headers,
                                                    allow_redirects=False, proxy=proxy)
         except urls.UnsafeUrl as exc:
             return Answer(None, f"refused: {exc}", None)

@@ -62,10 +62,17 @@ class AttemptResult:
     delivered_at: datetime | None
     duration_ms: int
     started_at: datetime
+    # The endpoint declined the delivery (attempts.refusal): failed, yet the endpoint is healthy.
+    refused: bool = False
 
     @property
     def ok(self) -> bool:
         return self.state == lifecycle.WEBHOOK_DELIVERED
+
+    @property
+    def answered(self) -> bool:
+        """Did the endpoint work (delivered, or refused on purpose)?"""
+        return self.ok or self.refused
 
     def row(self) -> store.AttemptRow:
         job = self.job

@@ -26,6 +26,7 @@ from mailgate_webhooks import maintenance, queue_state
 from mailgate_webhooks.attempts import Attempts
 from mailgate_webhooks.claims import START_WITHIN, Claims, claim_hold
 from mailgate_webhooks.http import WebhookClient
+from mailgate_webhooks.inbound import InboundRenderer, api_base_url
 from mailgate_webhooks.intake import DeliveriesNotStored, Intake, Received
 from mailgate_webhooks.jobs import Job, TraceContexts
 from mailgate_webhooks.recorder import AttemptRecorder
@@ -60,8 +61,11 @@ class WebhooksService:
             start_within=START_WITHIN,
             clock=time.monotonic,
         )
+        inbound = InboundRenderer(service_url=settings.service_url,
+                                  api_url=api_base_url(settings.api_host, settings.api_port),
+                                  inline_max=settings.inbound_inline_attachment_max)
         intake = Intake(self.db, targets, self.scheduler, contexts, hold=hold,
-                        service_url=settings.service_url, clock=time.monotonic)
+                        service_url=settings.service_url, clock=time.monotonic, inbound=inbound)
         # An outage fails every event of a batch alike: no point retrying them one by one.
         self.storer: Batcher[Received, list[Job]] = Batcher(
             "webhook store", intake.store_batch, max_batch=STORE_BATCH, unsplittable=(DeliveriesNotStored,))

@@ -5,12 +5,17 @@ the service secret) and the free slots are inputs; the answer is the list of
 deliveries to store.  A delivery goes either to a webhook endpoint (signed with
 the endpoint's secret) or to the EmailEngine-style settings/account URL (signed
 with the service secret).
+
+Routed events (``inboundMessage``) name their endpoints themselves: they go to
+those endpoints only, whatever their event filters, and never to the
+settings/account URLs (:func:`plan_routed`; :func:`plan` leaves them out).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,6 +24,8 @@ from mailgate_webhooks.jobs import Target
 from mailgate_webhooks.payload import render, wants
 from mailgate_webhooks.store import EndpointRow, Subscriptions
 from mailgate_webhooks.targets import Targets
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +59,31 @@ class FreeSlots(Protocol):
         """How many more POSTs this replica may start now."""
 
 
+class Grants:
+    """Slots granted while planning one batch, counted against the free ones."""
+
+    def __init__(self, slots: FreeSlots) -> None:
+        self.slots = slots
+        self.granted: Counter[str] = Counter()
+        self.total = 0
+
+    def take(self, dest: str) -> bool:
+        if self.slots.room(dest) - self.granted[dest] <= 0 or self.slots.free() - self.total <= 0:
+            return False
+        self.granted[dest] += 1
+        self.total += 1
+        return True
+
+
+def is_routed(event: events.Event) -> bool:
+    """Does the event name its endpoints (no subscription applies to it)?"""
+    return isinstance(event, events.InboundMessage)
+
+
 def urls_for(subscribed: Subscriptions, event: events.Event, name: str) -> list[str]:
     """The settings and account webhook URLs that want this event."""
+    if is_routed(event):
+        return []
     config = subscribed.settings
     found: list[str] = []
     if config["webhooks"] and config["webhooksEnabled"] and wants(config["webhookEvents"], name):
@@ -106,21 +136,15 @@ def plan(
     takes them.  ``service_secret`` must be set when some URL wants an event.
     """
     service_url = subscribed.settings["serviceUrl"] or service_url
-    granted: Counter[str] = Counter()
-    granted_total = 0
+    grants = Grants(slots)
+    slot_for = grants.take
     targets: dict[str, Target] = {}
     planned: list[PlannedDelivery] = []
 
-    def slot_for(dest: str) -> bool:
-        nonlocal granted_total
-        if slots.room(dest) - granted[dest] <= 0 or slots.free() - granted_total <= 0:
-            return False
-        granted[dest] += 1
-        granted_total += 1
-        return True
-
     for item in wanted:
         event, name = item.event, item.name
+        if is_routed(event):
+            continue
         urls = urls_for(subscribed, event, name)
         machine = is_machine(event)
         matching = [e for e in endpoints if endpoint_matches(e, name, event.account, machine)]
@@ -142,3 +166,41 @@ def plan(
     return planned
 
 
+
+
+def plan_routed(
+    wanted: Sequence[Wanted],
+    bodies: Mapping[int, bytes],
+    endpoints: Mapping[str, EndpointRow],
+    slots: FreeSlots,
+    *,
+    endpoint_target: Callable[[EndpointRow], Target],
+) -> list[PlannedDelivery]:
+    """One delivery per routed event (``wanted``) and endpoint it names.
+
+    ``bodies``: the rendered body of each event, by its batch index (an event
+    without one, its stored message gone, makes no delivery); ``endpoints``:
+    the enabled endpoints among those named.  An endpoint named but not there
+    (deleted or disabled since the route was saved) is skipped and logged.
+    """
+    grants = Grants(slots)
+    targets: dict[str, Target] = {}
+    planned: list[PlannedDelivery] = []
+    for item in wanted:
+        event = item.event
+        body = bodies.get(item.index)
+        if body is None or not isinstance(event, events.InboundMessage):
+            continue
+        for endpoint_id in dict.fromkeys(event.endpoints):
+            endpoint = endpoints.get(endpoint_id)
+            if endpoint is None:
+                log.warning("%s %s of route %s: webhook endpoint %s is disabled or deleted; skipped",
+                            item.name, event.message, event.route, endpoint_id)
+                continue
+            target = None
+            if endpoint.ready and grants.take(endpoint.id):
+                target = targets.get(endpoint.id)
+                if target is None:
+                    target = targets[endpoint.id] = endpoint_target(endpoint)
+            planned.append(PlannedDelivery(item, endpoint.url, endpoint.id, body, target, ready=endpoint.ready))
+    return planned

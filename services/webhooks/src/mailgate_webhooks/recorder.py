@@ -143,7 +143,7 @@ class AttemptRecorder:
             before = health.get(endpoint_id)
             if before is None:
                 continue  # deleted meanwhile
-            if result.ok:
+            if result.answered:
                 if before.consecutive_failures == 0 and before.failing_since is None:
                     continue
                 if before.failing_since is not None:

@@ -122,6 +122,80 @@ async def endpoints_for(conn: asyncpg.Connection, names: list[str], accounts: li
     ]
 
 
+# -- routed events (inboundMessage) ---------------------------------------------------
+
+# The endpoints routed events name, by id: only enabled ones (a disabled or
+# deleted endpoint gets nothing), whatever their event filters.
+_ENDPOINTS_BY_ID = """
+SELECT id, url, account_id, events, accounts, headers::text, secret,
+       CASE WHEN previous_secret_expires_at > now() THEN previous_secret END,
+       failing_since IS NULL AND (backoff_until IS NULL OR backoff_until <= now()),
+       exclude_machine
+FROM webhook_endpoints
+WHERE enabled AND id = ANY($1::text[])
+"""
+
+
+async def endpoints_by_id(conn: asyncpg.Connection, ids: list[str]) -> dict[str, EndpointRow]:
+    return {
+        r[0]: EndpointRow(
+            id=r[0], url=r[1], account_id=r[2], events=list(r[3]),
+            accounts=list(r[4]) if r[4] is not None else None, headers=json.loads(r[5] or "{}"),
+            secret=bytes(r[6]), previous_secret=bytes(r[7]) if r[7] is not None else None, ready=r[8],
+            exclude_machine=r[9],
+        )
+        for r in await conn.fetch(_ENDPOINTS_BY_ID, ids)
+    }
+
+
+async def service_url_setting(conn: asyncpg.Connection) -> str | None:
+    """The ``serviceUrl`` setting (EmailEngine's), None when unset."""
+    value = await conn.fetchval("SELECT value #>> '{}' FROM settings WHERE key = 'serviceUrl'")
+    return str(value) if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRow:
+    """An ``inbound_messages`` row without its raw bytes (fetched in size-bounded groups)."""
+
+    id: str
+    received_at: datetime
+    remote_ip: str | None
+    helo: str | None
+    mail_from: str
+    rcpt_to: list[str]
+    tls: str | None
+    auth: dict[str, Any]
+    spam: dict[str, Any]
+    automated: str | None
+    deliveries: list[dict[str, Any]]
+    raw_size: int
+
+
+_INBOUND = """
+SELECT id, received_at, remote_ip, helo, mail_from, rcpt_to, tls, auth::text, spam::text, automated,
+       deliveries::text, octet_length(raw)
+FROM inbound_messages WHERE id = ANY($1::text[])
+"""
+
+
+async def inbound_messages(conn: asyncpg.Connection, ids: list[str]) -> dict[str, InboundRow]:
+    """The stored messages of a batch's routed events (one statement for the batch)."""
+    return {
+        r[0]: InboundRow(
+            id=r[0], received_at=r[1], remote_ip=r[2], helo=r[3], mail_from=r[4], rcpt_to=list(r[5] or []),
+            tls=r[6], auth=json.loads(r[7] or "{}"), spam=json.loads(r[8] or "{}"), automated=r[9],
+            deliveries=json.loads(r[10] or "[]"), raw_size=r[11] or 0,
+        )
+        for r in await conn.fetch(_INBOUND, ids)
+    }
+
+
+async def inbound_raws(conn: asyncpg.Connection, ids: list[str]) -> dict[str, bytes]:
+    return {r[0]: bytes(r[1]) for r in await conn.fetch(
+        "SELECT id, raw FROM inbound_messages WHERE id = ANY($1::text[])", ids)}
+
+
 # -- storing --------------------------------------------------------------------------
 
 

@@ -1,0 +1,1 @@
+"""Inbound mail API: the routes the MX door follows and the messages it received."""
