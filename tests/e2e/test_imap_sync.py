@@ -220,7 +220,7 @@ def test_two_replicas_split_accounts_and_take_over_from_a_dead_one(
     second = stack.add_worker("imap-sync-2", "mailgate-imap-sync", IMAP_SYNC_ENV)
     second.start()
     try:
-        users = [dovecot.new_user() for _ in range(20)]
+        users = [dovecot.new_user() for _ in range(10)]
         accounts = [add_imap_account(api, dovecot, smtp_sink, user) for user in users]
         for account in accounts:
             wait_connected(api, account)
@@ -228,9 +228,9 @@ def test_two_replicas_split_accounts_and_take_over_from_a_dead_one(
         def split_once() -> bool:
             counts = dovecot.connections()
             return (all(counts.get(u) == 1 for u in users)
-                    and watched(stack, "imap-sync") > 0 and watched(stack, "imap-sync-2") >= 5)
+                    and watched(stack, "imap-sync") > 0 and watched(stack, "imap-sync-2") >= 3)
 
-        wait_for(split_once, timeout=20, message="20 accounts split, one connection each")
+        wait_for(split_once, timeout=20, message="10 accounts split, one connection each")
         # Stable: no account picked up twice while both replicas keep scanning.
         time.sleep(3)
         assert split_once(), dovecot.connections()
@@ -238,7 +238,7 @@ def test_two_replicas_split_accounts_and_take_over_from_a_dead_one(
         second.kill(signal.SIGKILL)
         try:
             wait_for(lambda: all(dovecot.connections().get(u) == 1 for u in users)
-                     and watched(stack, "imap-sync") >= 20, timeout=30,
+                     and watched(stack, "imap-sync") >= 10, timeout=30,
                      message="survivor watching every account")
         except AssertionError as exc:
             counts = dovecot.connections()
