@@ -73,6 +73,23 @@ def endpoints(api: httpx.Client) -> Iterator[Callable[..., dict[str, Any]]]:
         api.delete(f"/v1/webhooks/{endpoint_id}")
 
 
+@pytest.fixture
+def routes(api: httpx.Client) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Inbound routes made through the API; removed after the test (they are global)."""
+    created: list[str] = []
+
+    def make(**body: Any) -> dict[str, Any]:
+        response = api.post("/v1/inbound/routes", json={"name": "test route", **body})
+        assert response.status_code == 201, response.text
+        route: dict[str, Any] = response.json()
+        created.append(route["id"])
+        return route
+
+    yield make
+    for route_id in created:
+        api.delete(f"/v1/inbound/routes/{route_id}")
+
+
 @pytest.fixture(scope="session")
 def otlp_collector() -> Iterator[OtlpCollector]:
     collector = OtlpCollector(free_port())

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import dkim  # type: ignore[import-untyped]
-import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -34,14 +33,14 @@ def key() -> tuple[bytes, str]:
 
 
 @pytest.fixture
-def inbox(api: httpx.Client, endpoints: Callable[..., dict[str, Any]], webhook_receiver: WebhookReceiver) -> str:
+def inbox(stack: Stack, endpoints: Callable[..., dict[str, Any]], routes: Callable[..., dict[str, Any]],
+          webhook_receiver: WebhookReceiver) -> str:
     """A route taking support@<a fresh domain> to a webhook; the address."""
     address = f"support@in-{uuid.uuid4().hex[:8]}.example.com"
     hook = endpoints(webhook_receiver.url)
-    response = api.post("/v1/inbound/routes", json={
-        "name": "Support", "match": {"recipient": address},
-        "actions": [{"type": "webhook", "endpoints": [hook["id"]], "payload": "json"}]})
-    assert response.status_code == 201, response.text
+    routes(name="Support", match={"recipient": address},
+           actions=[{"type": "webhook", "endpoints": [hook["id"]], "payload": "json"}])
+    stack.wait_routed(address)
     return address
 
 

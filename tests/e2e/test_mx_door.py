@@ -10,12 +10,11 @@ import smtplib
 import socket
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Any
 
 import dkim  # type: ignore[import-untyped]
-import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -67,35 +66,9 @@ def queued_id(reply: tuple[int, bytes] | None) -> str:
     return reply[1].decode().rsplit(" ", 1)[1]
 
 
-def accepting(stack: Stack, address: str) -> None:
-    """Wait until the door knows a route just added (a miss rereads the routes once a second)."""
-    def known() -> bool:
-        with connect(stack) as client:
-            assert client.mail(f"probe-{uuid.uuid4().hex[:8]}@sender.example.net")[0] == 250
-            code, _ = client.rcpt(address)
-            return code == 250
-    wait_for(known, timeout=10, interval=0.2, message=f"a route for {address}")
-
-
 @pytest.fixture
 def domain() -> str:
     return f"in-{uuid.uuid4().hex[:8]}.example.com"
-
-
-@pytest.fixture
-def routes(api: httpx.Client) -> Iterator[Callable[..., dict[str, Any]]]:
-    created: list[str] = []
-
-    def make(**body: Any) -> dict[str, Any]:
-        response = api.post("/v1/inbound/routes", json={"name": "test route", **body})
-        assert response.status_code == 201, response.text
-        route: dict[str, Any] = response.json()
-        created.append(route["id"])
-        return route
-
-    yield make
-    for route_id in created:
-        api.delete(f"/v1/inbound/routes/{route_id}")
 
 
 def inbound(receiver: WebhookReceiver, message_id: str) -> list[dict[str, Any]]:
@@ -139,7 +112,7 @@ def test_plus_tag_routes_with_its_tag_and_the_stored_copy_has_trace_fields(
     route = routes(match={"recipient": f"support@{domain}"},
                    actions=[{"type": "webhook", "endpoints": [endpoint["id"]]}])
     address = f"support+1234@{domain}"
-    accepting(stack, address)
+    stack.wait_routed(address)
     answers, data = deliver(stack, [address, f"stranger@{domain}"], message(address, subject="Ticket"))
     assert answers[0][0] == 250 and answers[1][0] == 550
     message_id = queued_id(data)
@@ -161,7 +134,7 @@ def test_a_route_with_two_endpoints_delivers_to_both(
     ids = [endpoints(first.url)["id"], endpoints(second.url)["id"]]
     routes(match={"domain": domain}, actions=[{"type": "webhook", "endpoints": ids}])
     address = f"anyone@{domain}"
-    accepting(stack, address)
+    stack.wait_routed(address)
     _, data = deliver(stack, [address], message(address))
     message_id = queued_id(data)
     wait_for(lambda: inbound(first, message_id) and inbound(second, message_id), message="both endpoints")
@@ -180,7 +153,7 @@ def test_a_synchronous_route_turns_the_apps_refusal_into_the_smtp_reply(
     endpoint = endpoints(app.url)
     routes(match={"domain": domain}, actions=[{"type": "webhook", "endpoints": [endpoint["id"]], "sync": True}])
     address = f"tickets@{domain}"
-    accepting(stack, address)
+    stack.wait_routed(address)
     _, data = deliver(stack, [address], message(address))
     assert data is not None and (data[0], data[1].decode()) == expected
     assert len(app.hooks) == 1 and app.hooks[0].json["event"] == "inboundMessage"
@@ -196,7 +169,7 @@ def test_a_synchronous_route_answered_2xx_is_delivered_once(
     routes(match={"domain": domain}, actions=[{"type": "webhook", "endpoints": [sync_id], "sync": True},
                                               {"type": "webhook", "endpoints": [async_id]}])
     address = f"orders@{domain}"
-    accepting(stack, address)
+    stack.wait_routed(address)
     _, data = deliver(stack, [address], message(address))
     message_id = queued_id(data)
     assert len(inbound(sync_app, message_id)) == 1
@@ -214,7 +187,7 @@ def test_declared_size_over_the_routes_limit_is_refused_at_rcpt(
         stack: Stack, domain: str, routes: Callable[..., dict[str, Any]]) -> None:
     routes(match={"domain": domain}, actions=[{"type": "hold"}], maxSize=2000)
     address = f"small@{domain}"
-    accepting(stack, address)
+    stack.wait_routed(address)
     answers, _ = deliver(stack, [address], message(address), options=("SIZE=5000",))
     assert answers[0][0] == 552 and answers[0][1].startswith(b"5.3.4")
     # Undeclared: the limit holds at DATA too.
@@ -250,7 +223,7 @@ def test_null_sender_is_taken_and_flagged_as_a_bounce(
         stack: Stack, domain: str, routes: Callable[..., dict[str, Any]]) -> None:
     routes(match={"domain": domain}, actions=[{"type": "hold"}])
     address = f"bounces@{domain}"
-    accepting(stack, address)
+    stack.wait_routed(address)
     _, data = deliver(stack, [address], message(address, sender="MAILER-DAEMON@sender.example.net"),
                       mail_from="")
     row = stored(stack, queued_id(data))
@@ -270,7 +243,7 @@ def test_dkim_signed_message_reaches_the_webhook_with_dkim_pass(
     app = receivers()
     routes(match={"domain": domain}, actions=[{"type": "webhook", "endpoints": [endpoints(app.url)["id"]]}])
     address = f"signed@{domain}"
-    accepting(stack, address)
+    stack.wait_routed(address)
     raw = message(address, sender=f"bob@{signer}")
     signed = dkim.sign(raw, b"mx1", signer.encode(), pem, include_headers=[b"from", b"to", b"subject"]) + raw
     _, data = deliver(stack, [address], signed, mail_from=f"bob@{signer}")
@@ -288,7 +261,7 @@ def test_swaks_delivers_over_starttls(
         stack: Stack, domain: str, routes: Callable[..., dict[str, Any]]) -> None:
     routes(match={"recipient": f"desk@{domain}"}, actions=[{"type": "hold"}])
     address = f"desk@{domain}"
-    accepting(stack, address)
+    stack.wait_routed(address)
     done = subprocess.run(
         ["swaks", "--server", "127.0.0.1", "--port", str(stack.mx_port), "--ehlo", "client.example.net",
          "--tls", "--from", "carol@sender.example.net", "--to", address, "--header", "Subject: via swaks",
@@ -334,7 +307,7 @@ def test_a_route_rejecting_at_data_refuses_only_its_recipients(
            actions=[{"type": "reject", "message": "No offers, thanks"}], priority=1)
     routes(match={"domain": domain}, actions=[{"type": "hold"}], priority=5)
     sales, desk = f"sales@{domain}", f"desk@{domain}"
-    accepting(stack, desk)
+    stack.wait_routed(desk)
     answers, data = deliver(stack, [sales, desk], message(sales, subject="A great offer"))
     assert [code for code, _ in answers] == [250, 250]  # the header criterion is only known at DATA
     row = stored(stack, queued_id(data))

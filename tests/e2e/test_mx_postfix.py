@@ -13,7 +13,6 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.support.stack import Stack, free_port, wait_for
@@ -109,29 +108,25 @@ def postfix(stack: Stack) -> Iterator[Postfix]:
 
 
 def test_postfix_relays_into_a_route(
-        stack: Stack, api: httpx.Client, postfix: Postfix, receivers: Callable[..., WebhookReceiver],
-        endpoints: Callable[..., dict[str, Any]]) -> None:
+        stack: Stack, postfix: Postfix, receivers: Callable[..., WebhookReceiver],
+        endpoints: Callable[..., dict[str, Any]], routes: Callable[..., dict[str, Any]]) -> None:
     app = receivers()
-    route = api.post("/v1/inbound/routes", json={
-        "name": "via postfix", "match": {"recipient": "help@relayed.example.com"},
-        "actions": [{"type": "webhook", "endpoints": [endpoints(app.url)["id"]]}]})
-    assert route.status_code == 201, route.text
-    try:
-        subject = f"through postfix {uuid.uuid4().hex[:6]}"
-        msg = EmailMessage()
-        msg["From"] = "dave@sender.example.net"
-        msg["To"] = "help+42@relayed.example.com"
-        msg["Subject"] = subject
-        msg.set_content("Relayed by a real MTA.\n")
-        with smtplib.SMTP("127.0.0.1", postfix.port, timeout=15) as client:
-            client.send_message(msg)
+    routes(name="via postfix", match={"recipient": "help@relayed.example.com"},
+           actions=[{"type": "webhook", "endpoints": [endpoints(app.url)["id"]]}])
+    stack.wait_routed("help@relayed.example.com")
+    subject = f"through postfix {uuid.uuid4().hex[:6]}"
+    msg = EmailMessage()
+    msg["From"] = "dave@sender.example.net"
+    msg["To"] = "help+42@relayed.example.com"
+    msg["Subject"] = subject
+    msg.set_content("Relayed by a real MTA.\n")
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=15) as client:
+        client.send_message(msg)
 
-        def arrived() -> list[dict[str, Any]]:
-            return [h.json["data"] for h in app.received("inboundMessage") if h.json["data"]["subject"] == subject]
-        # Postfix hands the message on at once; the door's refusal or deferral would show in its log.
-        data = wait_for(arrived, timeout=30, message=f"the relayed message (postfix log: {postfix.log})")[0]
-        assert data["recipient"]["tag"] == "42"
-        assert data["envelope"]["helo"] == "relay.postfix.test" and data["envelope"]["tls"]
-        assert data["envelope"]["mailFrom"] == "dave@sender.example.net"
-    finally:
-        api.delete(f"/v1/inbound/routes/{route.json()['id']}")
+    def arrived() -> list[dict[str, Any]]:
+        return [h.json["data"] for h in app.received("inboundMessage") if h.json["data"]["subject"] == subject]
+    # Postfix hands the message on at once; the door's refusal or deferral would show in its log.
+    data = wait_for(arrived, timeout=30, message=f"the relayed message (postfix log: {postfix.log})")[0]
+    assert data["recipient"]["tag"] == "42"
+    assert data["envelope"]["helo"] == "relay.postfix.test" and data["envelope"]["tls"]
+    assert data["envelope"]["mailFrom"] == "dave@sender.example.net"

@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
@@ -174,6 +175,18 @@ class Stack:
             finally:
                 await conn.close()
         return asyncio.run(run())
+
+    def wait_routed(self, address: str) -> None:
+        """Wait until the MX door knows a route just added for ``address`` (a miss rereads
+        the routes at most once a second), probing with RSET-ended transactions."""
+        def known() -> bool:
+            with smtplib.SMTP("127.0.0.1", self.mx_port, timeout=15) as client:
+                client.ehlo("probe.example.net")
+                assert client.mail(f"probe-{uuid.uuid4().hex[:8]}@sender.example.net")[0] == 250
+                code, _ = client.rcpt(address)
+                client.rset()
+                return code == 250
+        wait_for(known, timeout=10, interval=0.2, message=f"a route for {address}")
 
     # --- services ---------------------------------------------------------
 

@@ -99,53 +99,40 @@ class EndpointRow:
     exclude_machine: bool = False  # no opens and clicks flagged as machine-made
 
 
-# A superset (enabled, any of these names, these accounts); plan.endpoint_matches decides.
-_ENDPOINTS = """
+_ENDPOINT_COLUMNS = """
 SELECT id, url, account_id, events, accounts, headers::text, secret,
        CASE WHEN previous_secret_expires_at > now() THEN previous_secret END,
        failing_since IS NULL AND (backoff_until IS NULL OR backoff_until <= now()),
        exclude_machine
 FROM webhook_endpoints
-WHERE enabled AND events && $1::text[] AND (account_id IS NULL OR account_id = ANY($2::text[]))
 """
+# A superset (enabled, any of these names, these accounts); plan.endpoint_matches decides.
+_ENDPOINTS = _ENDPOINT_COLUMNS + (
+    "WHERE enabled AND events && $1::text[] AND (account_id IS NULL OR account_id = ANY($2::text[]))"
+)
+# The endpoints routed events (inboundMessage) name, by id: only enabled ones (a disabled
+# or deleted endpoint gets nothing), whatever their event filters.
+_ENDPOINTS_BY_ID = _ENDPOINT_COLUMNS + "WHERE enabled AND id = ANY($1::text[])"
+
+
+def _endpoint(r: asyncpg.Record) -> EndpointRow:
+    return EndpointRow(
+        id=r[0], url=r[1], account_id=r[2], events=list(r[3]),
+        accounts=list(r[4]) if r[4] is not None else None, headers=json.loads(r[5] or "{}"),
+        secret=bytes(r[6]), previous_secret=bytes(r[7]) if r[7] is not None else None, ready=r[8],
+        exclude_machine=r[9],
+    )
 
 
 async def endpoints_for(conn: asyncpg.Connection, names: list[str], accounts: list[str]) -> list[EndpointRow]:
-    return [
-        EndpointRow(
-            id=r[0], url=r[1], account_id=r[2], events=list(r[3]),
-            accounts=list(r[4]) if r[4] is not None else None, headers=json.loads(r[5] or "{}"),
-            secret=bytes(r[6]), previous_secret=bytes(r[7]) if r[7] is not None else None, ready=r[8],
-            exclude_machine=r[9],
-        )
-        for r in await conn.fetch(_ENDPOINTS, names, accounts)
-    ]
+    return [_endpoint(r) for r in await conn.fetch(_ENDPOINTS, names, accounts)]
 
 
 # -- routed events (inboundMessage) ---------------------------------------------------
 
-# The endpoints routed events name, by id: only enabled ones (a disabled or
-# deleted endpoint gets nothing), whatever their event filters.
-_ENDPOINTS_BY_ID = """
-SELECT id, url, account_id, events, accounts, headers::text, secret,
-       CASE WHEN previous_secret_expires_at > now() THEN previous_secret END,
-       failing_since IS NULL AND (backoff_until IS NULL OR backoff_until <= now()),
-       exclude_machine
-FROM webhook_endpoints
-WHERE enabled AND id = ANY($1::text[])
-"""
-
 
 async def endpoints_by_id(conn: asyncpg.Connection, ids: list[str]) -> dict[str, EndpointRow]:
-    return {
-        r[0]: EndpointRow(
-            id=r[0], url=r[1], account_id=r[2], events=list(r[3]),
-            accounts=list(r[4]) if r[4] is not None else None, headers=json.loads(r[5] or "{}"),
-            secret=bytes(r[6]), previous_secret=bytes(r[7]) if r[7] is not None else None, ready=r[8],
-            exclude_machine=r[9],
-        )
-        for r in await conn.fetch(_ENDPOINTS_BY_ID, ids)
-    }
+    return {r[0]: _endpoint(r) for r in await conn.fetch(_ENDPOINTS_BY_ID, ids)}
 
 
 async def service_url_setting(conn: asyncpg.Connection) -> str | None:
